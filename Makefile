@@ -1,0 +1,23 @@
+# Everything a fresh machine needs; each target does its own setup.
+PY ?= python3
+ORCH := .venvs/orch/bin/python
+LAB := .venvs/lab/bin/python
+
+.PHONY: setup test lint run baseline bench
+
+setup:
+	$(PY) -m orchestrator.envs
+
+# The README's test command. Lab tests run in the lab venv, loop tests in the orchestrator venv.
+test: setup
+	$(LAB) -m pytest tests/lab -q; lab=$$?; \
+	$(ORCH) -m pytest tests/orchestrator -q; orch=$$?; \
+	echo "lab tests exit $$lab, orchestrator tests exit $$orch"; \
+	test $$lab -eq 0 -a $$orch -eq 0
+
+lint: setup
+	$(ORCH) -m ruff check .
+	$(ORCH) -m ruff format --check .
+
+run: setup
+	$(PY) launch_scientist.py --idea temporal_sae
