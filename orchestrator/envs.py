@@ -75,8 +75,10 @@ def build(name: str) -> None:
     print(f"[setup] environment '{name}' ({VENVS / name})", flush=True)
     if not python.exists():
         venv.EnvBuilder(with_pip=True, clear=True).create(VENVS / name)
-    _run([str(python), "-m", "pip", "install", "--progress-bar", "on", "-e", f".[{extra}]"],
-         f"installing the '{name}' environment")
+    _run(
+        [str(python), "-m", "pip", "install", "--progress-bar", "on", "-e", f".[{extra}]"],
+        f"installing the '{name}' environment",
+    )
     _run([str(python), "-m", "pip", "check"], f"`pip check` of the '{name}' environment")
     _marker(name).write_text(_fingerprint(extra))
     print(f"[setup] '{name}' ready in {time.monotonic() - start:.0f} s", flush=True)
@@ -97,7 +99,8 @@ def ensure() -> None:
 def ensure_and_reexec() -> None:
     """Make both environments, then restart the current command inside the orchestrator's."""
     target = python_of("orch")
-    if os.environ.get(REEXEC_FLAG) == "1" or Path(sys.prefix).resolve() == (VENVS / "orch").resolve():
+    in_orch = Path(sys.prefix).resolve() == (VENVS / "orch").resolve()
+    if os.environ.get(REEXEC_FLAG) == "1" or in_orch:
         return
     try:
         ensure()

@@ -1,0 +1,167 @@
+"""Template metadata: `templates/<name>/template.json` parsed and checked into a TemplateSpec.
+
+The template, not the orchestrator, knows what a good run looks like: it declares the schema of
+its result file and the domain rules a run must pass (docs/interfaces.md). Everything is checked
+here, at load time, so a typo in a rule fails before any LLM money is spent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator import envs
+
+TEMPLATE_FILE = "template.json"
+TYPES = ("int", "number", "str", "bool", "object", "list", "null")
+COMPARE_OPS = (">", ">=", "<", "<=", "==", "!=")
+OPS = (*COMPARE_OPS, "finite", "exists")
+PYTHONS = ("lab", "current")
+REQUIRED = ("name", "description", "editable_files", "run_command", "schema", "rules")
+
+
+class TemplateError(ValueError):
+    """template.json is unusable; the message names the file, the field and the fix."""
+
+
+Bad = Callable[[str, str], "TemplateError"]  # (field, fix) -> the error to raise
+
+
+@dataclass(frozen=True)
+class Rule:
+    metric: str  # dotted path into the result file
+    op: str  # one of OPS
+    value: Any = None  # the right-hand side of a comparison; unused by finite / exists
+    message: str = ""  # why the rule matters, shown to the agent when it is violated
+
+    def describe(self) -> str:
+        unary = self.op in ("finite", "exists")
+        return f"{self.metric} {self.op}" + ("" if unary else f" {self.value!r}")
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    root: Path
+    name: str
+    description: str
+    editable_files: list[str]
+    run_command: list[str]
+    plot_command: list[str] | None
+    python: str  # "lab" | "current"
+    timeout_seconds: float
+    result_file: str
+    baseline_run: str
+    schema: dict[str, str]
+    rules: list[Rule]
+    key_metrics: dict[str, str]
+    curves_file: str | None
+
+
+def load_template(template_dir: Path) -> TemplateSpec:
+    """Parse and check `template_dir/template.json`; raises TemplateError on the first problem."""
+    path = Path(template_dir) / TEMPLATE_FILE
+    if not path.is_file():
+        raise TemplateError(f"{path}: not found; a template directory needs a {TEMPLATE_FILE}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise TemplateError(f"{path}: invalid JSON ({err}); fix the syntax") from err
+    if not isinstance(raw, dict):
+        raise TemplateError(f"{path}: the top level must be a JSON object")
+    for field in REQUIRED:
+        if field not in raw:
+            raise TemplateError(f"{path}: field '{field}' is missing; add it (docs/interfaces.md)")
+
+    def bad(field: str, fix: str) -> TemplateError:
+        return TemplateError(f"{path}: field '{field}' {fix}")
+
+    spec = TemplateSpec(
+        root=Path(template_dir).resolve(),
+        name=_typed(raw, "name", str, bad),
+        description=_typed(raw, "description", str, bad),
+        editable_files=_str_list(raw, "editable_files", bad),
+        run_command=_str_list(raw, "run_command", bad),
+        plot_command=_str_list(raw, "plot_command", bad) if raw.get("plot_command") else None,
+        python=_typed(raw, "python", str, bad, default="lab"),
+        timeout_seconds=float(_typed(raw, "timeout_seconds", (int, float), bad, default=1800)),
+        result_file=_typed(raw, "result_file", str, bad, default="final_info.json"),
+        baseline_run=_typed(raw, "baseline_run", str, bad, default="run_0"),
+        schema=_schema(raw, bad),
+        rules=_rules(raw, bad),
+        key_metrics=_key_metrics(raw, bad),
+        curves_file=_typed(raw, "curves_file", str, bad, default=None),
+    )
+    if spec.python not in PYTHONS:
+        raise bad("python", f"must be one of {', '.join(PYTHONS)}, not {spec.python!r}")
+    if not math.isfinite(spec.timeout_seconds) or spec.timeout_seconds <= 0:
+        raise bad("timeout_seconds", "must be a positive number of seconds")
+    if "{out_dir}" not in " ".join(spec.run_command):
+        raise bad("run_command", "must contain '{out_dir}' so each run writes its own directory")
+    return spec
+
+
+def resolve_python(spec: TemplateSpec) -> str:
+    """The interpreter that runs this template's commands (SCIENTIST_LAB_PYTHON overrides lab)."""
+    return sys.executable if spec.python == "current" else envs.lab_python()
+
+
+def _typed(raw: dict, field: str, kind: type | tuple, bad: Bad, default: Any = ...) -> Any:
+    if field not in raw or raw[field] is None:
+        if default is ...:
+            raise bad(field, "is missing; add it")
+        return default
+    value = raw[field]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise bad(field, f"must be of type {names}, not {type(value).__name__}")
+    return value
+
+
+def _str_list(raw: dict, field: str, bad: Bad) -> list[str]:
+    value = raw[field]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise bad(field, "must be a non-empty list of strings")
+    return list(value)
+
+
+def _schema(raw: dict, bad: Bad) -> dict[str, str]:
+    schema = raw["schema"]
+    if not isinstance(schema, dict) or not schema:
+        raise bad("schema", 'must be a non-empty object {"dotted.path": "type"}')
+    for metric, kind in schema.items():
+        if not isinstance(kind, str) or not set(kind.split("|")) <= set(TYPES):
+            raise bad(f"schema.{metric}", f"has type {kind!r}; use {'|'.join(TYPES)} (or a|b)")
+    return dict(schema)
+
+
+def _rules(raw: dict, bad: Bad) -> list[Rule]:
+    if not isinstance(raw["rules"], list):
+        raise bad("rules", "must be a list of {metric, op, value, message} objects")
+    rules = []
+    for i, item in enumerate(raw["rules"]):
+        where = f"rules[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("metric"), str):
+            raise bad(where, "must be an object with a string 'metric'")
+        op = item.get("op")
+        if op not in OPS:
+            raise bad(f"{where}.op", f"is {op!r}; use one of {' '.join(OPS)}")
+        value = item.get("value")
+        if op in COMPARE_OPS and (value is None or isinstance(value, (list, dict))):
+            raise bad(f"{where}.value", f"is needed by op '{op}' and must be a number or string")
+        ordered = op in COMPARE_OPS[:4]
+        if ordered and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise bad(f"{where}.value", f"must be a number for op '{op}', not {value!r}")
+        rules.append(Rule(item["metric"], op, value, str(item.get("message", ""))))
+    return rules
+
+
+def _key_metrics(raw: dict, bad: Bad) -> dict[str, str]:
+    value = raw.get("key_metrics") or {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise bad("key_metrics", 'must be an object {"display name": "dotted.path"}')
+    return dict(value)

@@ -1,0 +1,125 @@
+"""Where the lab keeps model weights, corpora and activations, and how it writes them safely.
+
+Every cache entry is built by at most one process at a time (`file_lock`), written to a
+temporary name and renamed into place (`atomic_write`, `atomic_dir`), so a crash or a second
+process never leaves a half-written file under the final name. Readers still verify what they
+load (`sha256_file`, sizes in metadata): a file truncated by a full disk is rebuilt, not trusted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ENV_VAR = "SAELAB_CACHE"
+
+
+class SaelabError(RuntimeError):
+    """A problem the user can fix (bad name, missing cache, unreachable hub); one clear line."""
+
+
+def cache_root() -> Path:
+    """The cache root: $SAELAB_CACHE, else ~/.cache/saelab (created)."""
+    root = Path(os.environ.get(ENV_VAR) or Path.home() / ".cache" / "saelab").expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def cache_dir(*parts: str) -> Path:
+    """A sub-directory of the cache root, e.g. cache_dir("models"); created if missing."""
+    path = cache_root().joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `<path>.lock` so only one process builds `path`.
+
+    Blocking: a second process waits for the first and then finds the finished entry.
+    The lock file stays behind on purpose (deleting it would race with a waiting process).
+    """
+    lock_path = Path(f"{path}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _umask_mode(base: int) -> int:
+    # mkstemp/mkdtemp create private (0600/0700) entries; the cache is meant to be shared.
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
+def atomic_write(path: Path, writer: Callable[[Path], Any]) -> Path:
+    """Call `writer(tmp_path)` and rename the result to `path` only if it returned normally."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer(tmp)
+        tmp.chmod(_umask_mode(0o666))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_dir(path: Path, writer: Callable[[Path], Any]) -> Path:
+    """Like `atomic_write` for a folder: `writer(tmp_dir)` fills it, then it replaces `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        writer(tmp)
+        tmp.chmod(_umask_mode(0o777))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def write_json(path: Path, data: dict) -> Path:
+    """Atomically write `data` as indented JSON."""
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in `path`, or None if it is missing or unreadable (treat as no cache)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks so large caches do not need to fit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stable_key(fields: dict) -> str:
+    """A short, stable hash of a dict of key fields, for cache entry names."""
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

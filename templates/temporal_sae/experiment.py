@@ -1,0 +1,478 @@
+"""Train one sparse autoencoder on cached Gemma residual-stream sequences, evaluate it, save it.
+
+    python experiment.py --out_dir=run_1                 # CPU default: <= 10 min on 2 cores
+    python experiment.py --out_dir=run_t --budget=tiny   # seconds: what the tests run
+    python experiment.py --out_dir=run_g --budget=gpu --model_name=google/gemma-2-2b  # CUDA
+
+Writes to out_dir: final_info.json (training facts + one SAEBench-shaped block per eval),
+loss_curve.json, config.json, and the SAE in SAELens layout (cfg.json + sae_weights.safetensors,
+with the activation normalisation folded in, so the saved SAE reads raw residuals).
+Every knob is in Config; the lab (saelab: model, data, activation cache, evals) is read-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from saelab.activations import ActivationCache, harvest
+from saelab.evals import EvalConfig, Normalized, run_evals
+from saelab.models import OFFLINE_MODEL, LanguageModel, load_model
+
+console = Console()
+
+
+# ---------------------------------------------------------------------------- config
+@dataclass
+class Config:
+    # run
+    out_dir: str = ""  # required: where final_info.json, loss_curve.json and the SAE go
+    budget: str = "cpu"  # "tiny" (seconds, tests) | "cpu" (<= 10 min, 2 cores) | "gpu" (CUDA)
+    seed: int = 0  # init and batch order
+    # data
+    model_name: str = OFFLINE_MODEL  # "gemma-3-270m" offline; e.g. "google/gemma-2-2b" on CUDA
+    layer: int = 6  # residual stream after block `layer` (0-indexed; Gemma 3 270M has 18)
+    corpus: str = "offline-mix"  # saelab.data corpus name
+    seq_len: int = 128  # tokens per sequence, BOS excluded; temporal evals look <= 128 back
+    cache_tokens: int = 300_000  # tokens harvested into the activation cache (reused by runs)
+    test_fraction: float = 0.05  # fraction of sequences held out for the evals
+    # sae
+    architecture: str = "batchtopk"  # "batchtopk" | "topk" | "relu" (ReLU + L1)
+    expansion: int = 4  # dict_size = expansion * d_model (4-8x)
+    k: int = 48  # active latents per token (topk, batchtopk)
+    sparsity_penalty: float = 0.04  # L1 coefficient (relu), inputs at unit mean squared norm
+    auxk_alpha: float = 1 / 32  # Gao et al. 2024, A.2: weight of the dead-latent loss
+    dead_tokens: int = 4_096  # unfired this many tokens = dead; Gao: 10M, short runs need less
+    # train
+    train_tokens: int = 900_000  # tokens seen in training; epochs over the cache as needed
+    batch_size: int = 8  # sequences per optimizer step (x seq_len tokens)
+    learning_rate: float = 2e-4  # Adam peak; 1e-3 left >80% of latents dead on CPU runs
+    warmup_steps: int = 50  # linear warm-up from 0 to learning_rate
+    decay_start: float = 0.8  # fraction of steps after which lr decays linearly to 0
+    log_every: int = 10  # steps between loss-curve points
+    # evaluate
+    evals: str = "core,sparse_probing,unlearning,temporal"  # comma-separated saelab eval ids
+    eval_size: str = "default"  # "tiny" (tests) | "default" (<= 5 min on 2 CPU cores)
+
+    def __post_init__(self) -> None:
+        if not self.out_dir:
+            raise ValueError("--out_dir is required, e.g. --out_dir=run_1")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget {self.budget!r} unknown: use one of {sorted(BUDGETS)}")
+        if self.architecture not in ARCHITECTURES:
+            known = list(ARCHITECTURES)
+            raise ValueError(f"architecture {self.architecture!r} unknown: use one of {known}")
+        if self.eval_size not in ("tiny", "default"):
+            raise ValueError(f"eval_size {self.eval_size!r} unknown: use 'tiny' or 'default'")
+
+
+# Budget profiles override sizes (and the tiny run's lr): the SAE itself is the same in tests.
+BUDGETS = {
+    "tiny": dict(
+        seq_len=32,
+        cache_tokens=16_384,
+        test_fraction=0.2,  # enough held-out tokens to tell a rare latent from a dead one
+        train_tokens=49_152,
+        learning_rate=1e-3,  # 96 steps: too few for the CPU default's cautious lr
+        batch_size=16,
+        expansion=2,
+        warmup_steps=10,
+        log_every=2,
+        eval_size="tiny",
+    ),
+    "cpu": {},
+    "gpu": dict(layer=12, cache_tokens=4_000_000, train_tokens=40_000_000, batch_size=32),
+}
+KNOB_GROUPS = {
+    "run": ["out_dir", "budget", "seed"],
+    "data": ["model_name", "layer", "corpus", "seq_len", "cache_tokens", "test_fraction"],
+    "sae": [
+        "architecture",
+        "expansion",
+        "k",
+        "sparsity_penalty",
+        "auxk_alpha",
+        "dead_tokens",
+    ],
+    "train": [
+        "train_tokens",
+        "batch_size",
+        "learning_rate",
+        "warmup_steps",
+        "decay_start",
+        "log_every",
+    ],
+    "evaluate": ["evals", "eval_size"],
+}
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """Knobs from the command line; --budget applies its profile first, explicit flags win."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    grouped = {name for names in KNOB_GROUPS.values() for name in names}
+    other = [name for name in defaults if name not in grouped]  # knobs added by an idea
+    for group_name, names in {**KNOB_GROUPS, "other": other}.items():
+        group = parser.add_argument_group(group_name)
+        for name in names:
+            group.add_argument(f"--{name}", type=type(defaults[name]), default=None)
+    given = {name: v for name, v in vars(parser.parse_args(argv)).items() if v is not None}
+    try:
+        return Config(**{**BUDGETS.get(given.get("budget", Config.budget), {}), **given})
+    except ValueError as error:
+        parser.error(str(error))
+
+
+# ---------------------------------------------------------------------------- data
+def load_data(cfg: Config) -> tuple[LanguageModel, ActivationCache, ActivationCache]:
+    """The frozen model, and its cached layer activations split into train and test sequences."""
+    model = load_model(cfg.model_name)
+    cache = harvest(model, cfg.layer, cfg.corpus, cfg.seq_len, cfg.cache_tokens)
+    train_cache, test_cache = cache.split(cfg.test_fraction)
+    return model, train_cache, test_cache
+
+
+def train_batches(cache: ActivationCache, cfg: Config, steps: int, device) -> Iterator[Tensor]:
+    """`steps` batches of normalised sequences [B, L, D], epochs over the cache as needed."""
+    full_batches_per_epoch = cache.n_seq // cfg.batch_size
+    assert full_batches_per_epoch > 0, (
+        f"the cache holds {cache.n_seq} training sequences, fewer than one batch of "
+        f"{cfg.batch_size}: raise cache_tokens or lower batch_size"
+    )
+    epochs = math.ceil(steps / full_batches_per_epoch)
+    batches = cache.sequence_batches(cfg.batch_size, seed=cfg.seed, device=device, epochs=epochs)
+    return itertools.islice(batches, steps)
+
+
+def data_mean(cache: ActivationCache, device) -> Tensor:
+    """Mean normalised activation over up to 256 sequences: the decoder bias starts there."""
+    n_seq = min(256, cache.n_seq)
+    x_BLD = next(cache.sequence_batches(n_seq, seed=1, device=device))
+    return x_BLD.flatten(0, 1).mean(0)
+
+
+# ---------------------------------------------------------------------------- model
+class SAE(nn.Module):
+    """Linear encoder and decoder around a sparsifying activation, on [B, L, D] sequences.
+
+    Subclasses choose `activate` and `penalty`; a temporal variant overrides `pre_acts`.
+    """
+
+    def __init__(self, d_in: int, d_sae: int, b_dec_init: Tensor):
+        super().__init__()
+        self.d_in, self.d_sae = d_in, d_sae
+        W_dec_FD = torch.randn(d_sae, d_in, device=b_dec_init.device)
+        W_dec_FD /= W_dec_FD.norm(dim=-1, keepdim=True)  # unit rows: a latent's size lives in f
+        self.W_dec = nn.Parameter(W_dec_FD)
+        self.W_enc = nn.Parameter(W_dec_FD.T.clone())  # Gao et al. 2024, sec. 2.3: tied init
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, device=b_dec_init.device))
+        self.b_dec = nn.Parameter(b_dec_init.clone())  # the encoder sees centred inputs
+
+    def pre_acts(self, x_BLD: Tensor) -> Tensor:
+        return (x_BLD - self.b_dec) @ self.W_enc + self.b_enc  # (B, L, F)
+
+    def activate(self, pre_BLF: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def encode(self, x_BLD: Tensor) -> Tensor:
+        return self.activate(self.pre_acts(x_BLD))
+
+    def decode(self, f_BLF: Tensor) -> Tensor:
+        return f_BLF @ self.W_dec + self.b_dec  # (B, L, D)
+
+    def penalty(self, x_BLD, x_hat_BLD, pre_BLF, f_BLF, dead_F) -> Tensor:
+        """Terms added to the reconstruction loss; zero for the base class."""
+        return x_BLD.new_zeros(())
+
+    def loss(self, x_BLD: Tensor, dead_F: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Training objective: (loss, reconstruction mse, latents f)."""
+        pre_BLF = self.pre_acts(x_BLD)
+        f_BLF = self.activate(pre_BLF)
+        x_hat_BLD = self.decode(f_BLF)
+        mse = (x_hat_BLD - x_BLD).pow(2).sum(-1).mean()
+        return mse + self.penalty(x_BLD, x_hat_BLD, pre_BLF, f_BLF, dead_F), mse, f_BLF
+
+
+class TopKSAE(SAE):
+    """Keep the k largest latents per token (Gao et al. 2024), plus AuxK for dead latents."""
+
+    def __init__(self, d_in: int, d_sae: int, b_dec_init: Tensor, cfg: Config):
+        super().__init__(d_in, d_sae, b_dec_init)
+        self.k, self.auxk_alpha = cfg.k, cfg.auxk_alpha
+        self.k_aux = d_in // 2  # Gao et al. 2024, A.2
+
+    def activate(self, pre_BLF: Tensor) -> Tensor:
+        values, index = pre_BLF.relu().topk(self.k, dim=-1)
+        return torch.zeros_like(pre_BLF).scatter(-1, index, values)
+
+    def decode(self, f_BLF: Tensor) -> Tensor:
+        return sparse_matmul(f_BLF, self.W_dec) + self.b_dec  # 2x faster training than dense
+
+    def penalty(self, x_BLD, x_hat_BLD, pre_BLF, f_BLF, dead_F) -> Tensor:
+        return self.auxk_alpha * auxk_loss(self, x_BLD - x_hat_BLD, pre_BLF, dead_F)
+
+
+class BatchTopKSAE(TopKSAE):
+    """Top k x tokens latents over the whole batch (Bussmann et al. 2024).
+
+    Training mixes tokens across the batch, so inference uses a per-token threshold instead:
+    an average of the smallest activation each batch kept. Evaluate in eval() mode.
+    """
+
+    threshold_beta = 0.99  # EMA of the per-batch threshold; short runs need a short memory
+
+    def __init__(self, d_in: int, d_sae: int, b_dec_init: Tensor, cfg: Config):
+        super().__init__(d_in, d_sae, b_dec_init, cfg)
+        self.register_buffer("threshold", torch.tensor(-1.0, device=b_dec_init.device))
+
+    def activate(self, pre_BLF: Tensor) -> Tensor:
+        acts_BLF = pre_BLF.relu()
+        if not self.training:
+            return acts_BLF * (acts_BLF > self.threshold)
+        values, index = acts_BLF.flatten().topk(self.k * acts_BLF[..., 0].numel())
+        self.update_threshold(values)
+        return torch.zeros_like(acts_BLF).flatten().scatter(0, index, values).view_as(acts_BLF)
+
+    @torch.no_grad()
+    def update_threshold(self, kept: Tensor) -> None:
+        kept = kept[kept > 0]
+        if kept.numel() == 0:
+            return
+        smallest = kept.min()
+        if self.threshold < 0:
+            self.threshold.copy_(smallest)
+        else:
+            self.threshold.lerp_(smallest, 1 - self.threshold_beta)
+
+
+class ReluSAE(SAE):
+    """ReLU latents with an L1 penalty (Bricken et al. 2023); unit decoder rows keep L1 honest."""
+
+    def __init__(self, d_in: int, d_sae: int, b_dec_init: Tensor, cfg: Config):
+        super().__init__(d_in, d_sae, b_dec_init)
+        self.sparsity_penalty = cfg.sparsity_penalty
+
+    def activate(self, pre_BLF: Tensor) -> Tensor:
+        return pre_BLF.relu()
+
+    def penalty(self, x_BLD, x_hat_BLD, pre_BLF, f_BLF, dead_F) -> Tensor:
+        return self.sparsity_penalty * f_BLF.abs().sum(-1).mean()
+
+
+def auxk_loss(sae: TopKSAE, error_BLD: Tensor, pre_BLF: Tensor, dead_F: Tensor) -> Tensor:
+    """Gao et al. 2024, A.2: the top k_aux dead latents reconstruct the main model's error.
+
+    Normalised by the error's variance, so the term stays O(1) as reconstruction improves.
+    """
+    n_dead = int(dead_F.sum())
+    if n_dead == 0:
+        return pre_BLF.new_zeros(())
+    error_BLD = error_BLD.detach()
+    dead_pre_BLF = pre_BLF.relu().masked_fill(~dead_F, 0.0)
+    values, index = dead_pre_BLF.topk(min(sae.k_aux, n_dead), dim=-1)
+    error_hat_BLD = sparse_matmul(torch.zeros_like(pre_BLF).scatter(-1, index, values), sae.W_dec)
+    variance = (error_BLD - error_BLD.mean((0, 1))).pow(2).sum(-1).mean()
+    return (error_hat_BLD - error_BLD).pow(2).sum(-1).mean() / variance.clamp_min(1e-8)
+
+
+def sparse_matmul(f_BLF: Tensor, W_FD: Tensor) -> Tensor:
+    """f @ W reading only the rows of W where f is non-zero: for k-sparse f, k of F rows."""
+    f_NF = f_BLF.flatten(0, 1)
+    token, latent = f_NF.nonzero(as_tuple=True)  # token-major order
+    offsets = torch.searchsorted(token, torch.arange(f_NF.shape[0], device=token.device))
+    out_ND = nn.functional.embedding_bag(
+        latent, W_FD, offsets, mode="sum", per_sample_weights=f_NF[token, latent]
+    )
+    return out_ND.view(*f_BLF.shape[:-1], W_FD.shape[1])
+
+
+ARCHITECTURES = {"batchtopk": BatchTopKSAE, "topk": TopKSAE, "relu": ReluSAE}
+
+
+def build_sae(cfg: Config, d_in: int, b_dec_init: Tensor) -> SAE:
+    return ARCHITECTURES[cfg.architecture](d_in, cfg.expansion * d_in, b_dec_init, cfg)
+
+
+# ---------------------------------------------------------------------------- train
+def count_steps(cfg: Config) -> int:
+    """Optimizer steps the token budget buys; the old system silently ran 0 of them."""
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    steps = cfg.train_tokens // tokens_per_step
+    assert steps > 0, (
+        f"train_tokens={cfg.train_tokens} is less than one batch ({cfg.batch_size} sequences x "
+        f"{cfg.seq_len} tokens = {tokens_per_step}): no step would run; raise train_tokens"
+    )
+    assert steps >= cfg.warmup_steps, (
+        f"{steps} steps is fewer than warmup_steps={cfg.warmup_steps}: the lr would never "
+        "reach its peak; raise train_tokens or lower warmup_steps"
+    )
+    return steps
+
+
+def lr_factor(step: int, steps: int, cfg: Config) -> float:
+    """Linear warm-up, constant, then linear decay to 0 over the last (1 - decay_start)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    decay_from = int(cfg.decay_start * steps)
+    if step < decay_from:
+        return 1.0
+    return (steps - step) / max(1, steps - decay_from)
+
+
+@torch.no_grad()
+def constrain_decoder(sae: SAE) -> None:
+    """Keep W_dec rows unit-norm: drop the gradient along each row, step, renormalise."""
+    if sae.W_dec.grad is not None:
+        grad_FD = sae.W_dec.grad
+        grad_FD -= (grad_FD * sae.W_dec).sum(-1, keepdim=True) * sae.W_dec
+    sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True)
+
+
+def train(sae: SAE, batches: Iterator[Tensor], steps: int, cfg: Config) -> dict:
+    """Adam on the SAE's loss; returns training facts and the loss curve."""
+    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
+    unfired_tokens_F = torch.zeros(sae.d_sae, device=sae.W_dec.device)
+    curve = {"step": [], "loss": []}
+    tokens_seen, step, start = 0, 0, time.time()
+    sae.train()
+    with training_progress() as progress:
+        task = progress.add_task("train", total=steps, loss=float("nan"))
+        for step, x_BLD in enumerate(batches, start=1):
+            loss, mse, f_BLF = sae.loss(x_BLD, dead_F=unfired_tokens_F >= cfg.dead_tokens)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            constrain_decoder(sae)  # gradient projection before the step
+            optimizer.step()
+            schedule.step()
+            constrain_decoder(sae)  # renormalise after it
+            fired_F = (f_BLF > 0).flatten(0, 1).any(0)
+            unfired_tokens_F = (unfired_tokens_F + x_BLD.shape[0] * x_BLD.shape[1]) * ~fired_F
+            tokens_seen += x_BLD.shape[0] * x_BLD.shape[1]
+            if step == 1 or step % cfg.log_every == 0 or step == steps:
+                curve["step"].append(step)
+                curve["loss"].append(loss.item())
+            progress.update(task, advance=1, loss=loss.item())
+    seconds = time.time() - start
+    return {
+        "training_steps": step,
+        "tokens_seen": tokens_seen,
+        "final_loss": curve["loss"][-1] if curve["loss"] else None,
+        "final_mse": mse.item() if step else None,
+        "frac_dead_in_training": (unfired_tokens_F >= cfg.dead_tokens).float().mean().item(),
+        "train_seconds": seconds,
+        "tokens_per_second": tokens_seen / max(seconds, 1e-9),
+        "curve": curve,
+    }
+
+
+def training_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+# ---------------------------------------------------------------------------- evaluate
+def evaluate(
+    sae: SAE, model: LanguageModel, test_cache: ActivationCache, scale: float, cfg: Config
+) -> dict[str, dict]:
+    """SAEBench-shaped blocks from the lab's evals, on raw residuals of held-out sequences."""
+    sae.eval()  # BatchTopK switches to its per-token threshold: causal and batch-independent
+    config = EvalConfig().tiny() if cfg.eval_size == "tiny" else EvalConfig()
+    with torch.no_grad():
+        return run_evals(
+            Normalized(sae, scale),
+            model,
+            cfg.layer,
+            evals=cfg.evals.split(","),
+            test_cache=test_cache,
+            config=config,
+        )
+
+
+# ---------------------------------------------------------------------------- save
+def save_sae(sae: SAE, scale: float, cfg: Config, out_dir: Path) -> None:
+    """SAELens layout; folding the input scale in makes the saved SAE read raw residuals."""
+    weights = {name: tensor.detach().float().cpu() for name, tensor in sae.state_dict().items()}
+    weights["W_enc"] = weights["W_enc"] * scale
+    weights["W_dec"] = weights["W_dec"] / scale
+    weights["b_dec"] = weights["b_dec"] / scale
+    weights = {name: tensor.contiguous() for name, tensor in weights.items()}
+    save_file(weights, out_dir / "sae_weights.safetensors")
+    sae_cfg = {
+        "architecture": cfg.architecture,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "k": cfg.k,
+        "model_name": cfg.model_name,
+        "hook_name": f"blocks.{cfg.layer}.hook_resid_post",
+        "hook_layer": cfg.layer,
+        "context_size": cfg.seq_len,
+        "prepend_bos": True,
+        "normalize_activations": "none",
+        "dtype": "float32",
+        "apply_b_dec_to_input": True,
+    }
+    (out_dir / "cfg.json").write_text(json.dumps(sae_cfg, indent=2))
+
+
+def write_results(out_dir: Path, facts: dict, blocks: dict[str, dict], cfg: Config) -> None:
+    curve = facts.pop("curve")
+    (out_dir / "loss_curve.json").write_text(json.dumps(curve))
+    (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    final_info = {**facts, **blocks}
+    (out_dir / "final_info.json").write_text(json.dumps(final_info, indent=2, default=float))
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps = count_steps(cfg)
+
+    model, train_cache, test_cache = load_data(cfg)
+    device = model.device
+    sae = build_sae(cfg, model.d_model, data_mean(train_cache, device))
+    console.print(
+        f"[bold]{cfg.architecture}[/] SAE {sae.d_in} -> {sae.d_sae} on {cfg.model_name} "
+        f"layer {cfg.layer}: {steps} steps x {cfg.batch_size * cfg.seq_len} tokens"
+    )
+    facts = train(sae, train_batches(train_cache, cfg, steps, device), steps, cfg)
+    blocks = evaluate(sae, model, test_cache, train_cache.norm_scale, cfg)
+
+    facts |= {
+        "layer": cfg.layer,
+        "dict_size": sae.d_sae,
+        "learning_rate": cfg.learning_rate,
+        "k": cfg.k if isinstance(sae, TopKSAE) else None,
+        "sparsity_penalty": cfg.sparsity_penalty if isinstance(sae, ReluSAE) else None,
+        "model_name": cfg.model_name,
+        "architecture": cfg.architecture,
+        "budget": cfg.budget,
+    }
+    save_sae(sae, train_cache.norm_scale, cfg, out_dir)
+    write_results(out_dir, facts, blocks, cfg)
+    console.print(f"wrote {out_dir / 'final_info.json'}")
+
+
+if __name__ == "__main__":
+    main()

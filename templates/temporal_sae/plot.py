@@ -1,0 +1,124 @@
+"""Plot every run_*/ in the current directory: loss curves, key metrics, the L0-EV frontier.
+
+    python plot.py          # writes loss_curves.png, key_metrics.png, frontier.png
+
+Metric paths come from template.json (key_metrics); runs without a value are left out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+LABELS: dict[str, str] = {}  # run dir -> legend label, e.g. {"run_0": "baseline"}
+EV_PATH = "core.eval_result_metrics.reconstruction_quality.explained_variance"
+L0_PATH = "core.eval_result_metrics.sparsity.l0"
+
+
+def template() -> dict:
+    """template.json beside the runs, or beside this script."""
+    for folder in (Path.cwd(), Path(__file__).resolve().parent):
+        if (folder / "template.json").exists():
+            return json.loads((folder / "template.json").read_text())
+    raise SystemExit("template.json not found in the current directory or beside plot.py")
+
+
+def lookup(info: dict, dotted: str) -> float | None:
+    """The number at a dotted path, or None when missing or not finite."""
+    value = info
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def load_runs() -> dict[str, dict]:
+    """run dir name -> final_info, in run order."""
+    runs = {}
+    paths = sorted(Path.cwd().glob("run_*/final_info.json"), key=lambda p: run_number(p.parent))
+    for path in paths:
+        runs[path.parent.name] = json.loads(path.read_text())
+    return runs
+
+
+def run_number(run_dir: Path) -> int:
+    suffix = run_dir.name.removeprefix("run_")
+    return int(suffix) if suffix.isdigit() else 10**6
+
+
+def label(run: str) -> str:
+    return LABELS.get(run, run)
+
+
+def plot_loss_curves(runs: dict[str, dict], curves_file: str) -> None:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run in runs:
+        path = Path(run) / curves_file
+        if path.exists():
+            curve = json.loads(path.read_text())
+            ax.plot(curve["step"], curve["loss"], label=label(run))
+    ax.set(xlabel="optimizer step", ylabel="training loss", yscale="log", title="Loss curves")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig("loss_curves.png", dpi=150)
+    plt.close(fig)
+
+
+def plot_key_metrics(runs: dict[str, dict], key_metrics: dict[str, str]) -> None:
+    n_cols = min(3, len(key_metrics))
+    n_rows = math.ceil(len(key_metrics) / n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.5 * n_cols, 3.5 * n_rows), squeeze=False)
+    for ax, (name, dotted) in zip(axes.flat, key_metrics.items(), strict=False):
+        values = {label(run): lookup(info, dotted) for run, info in runs.items()}
+        present = {run: value for run, value in values.items() if value is not None}
+        bars = ax.bar(list(present), list(present.values()), color="tab:blue")
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set_title(name)
+        ax.tick_params(axis="x", rotation=30)
+    for ax in list(axes.flat)[len(key_metrics) :]:
+        ax.axis("off")
+    fig.suptitle("Key metrics per run")
+    fig.tight_layout()
+    fig.savefig("key_metrics.png", dpi=150)
+    plt.close(fig)
+
+
+def plot_frontier(runs: dict[str, dict]) -> None:
+    """Sparsity vs reconstruction: better SAEs sit up and to the left."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for run, info in runs.items():
+        l0, ev = lookup(info, L0_PATH), lookup(info, EV_PATH)
+        if l0 is not None and ev is not None:
+            ax.scatter(l0, ev, s=50)
+            ax.annotate(label(run), (l0, ev), textcoords="offset points", xytext=(5, 5))
+    ax.set(xlabel="L0 (active latents per token)", ylabel="explained variance")
+    ax.set_title("Sparsity-reconstruction frontier")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig("frontier.png", dpi=150)
+    plt.close(fig)
+
+
+def main() -> None:
+    meta = template()
+    runs = load_runs()
+    if not runs:
+        raise SystemExit(f"no run_*/final_info.json under {Path.cwd()}")
+    plot_loss_curves(runs, meta.get("curves_file", "loss_curve.json"))
+    plot_key_metrics(runs, meta["key_metrics"])
+    plot_frontier(runs)
+    print(f"plotted {len(runs)} runs: loss_curves.png, key_metrics.png, frontier.png")
+
+
+if __name__ == "__main__":
+    main()

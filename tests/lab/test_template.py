@@ -1,0 +1,224 @@
+"""templates/temporal_sae: the SAE classes and trainer on synthetic data, then the real experiment
+at the tiny budget (Gemma 3 270M, a tiny cached slice) validated against template.json's rules,
+and an all-zero SAE that those rules must reject."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator.templates import load_template
+from orchestrator.validate import validate_result, validate_run
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "templates" / "temporal_sae"
+EV = "core.eval_result_metrics.reconstruction_quality.explained_variance"
+L0 = "core.eval_result_metrics.sparsity.l0"
+
+
+def load_experiment():
+    """experiment.py is a script, not a package module: import it by path."""
+    spec = importlib.util.spec_from_file_location("experiment", TEMPLATE / "experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["experiment"] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ex():
+    return load_experiment()
+
+
+def synthetic_batches(n_batches: int, d: int = 32, n_true: int = 96, seed: int = 0):
+    """Sequences of sparse combinations of hidden unit directions plus an offset: [B, L, D]."""
+    directions = torch.randn(n_true, d, generator=torch.Generator().manual_seed(0))
+    directions = torch.nn.functional.normalize(directions, dim=-1)  # the same for every seed
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n_batches):
+        active = torch.rand(8, 16, n_true, generator=gen) < 4 / n_true
+        coef = active * (1 + torch.rand(8, 16, n_true, generator=gen))
+        batches.append(coef @ directions + 0.3)
+    return batches
+
+
+def small_cfg(ex, **overrides):
+    knobs = dict(
+        out_dir="unused",
+        expansion=4,
+        k=4,
+        seq_len=16,
+        batch_size=8,
+        train_tokens=8 * 16 * 300,
+        warmup_steps=10,
+        dead_tokens=256,
+        log_every=10,
+        learning_rate=3e-3,
+    )
+    return ex.Config(**{**knobs, **overrides})
+
+
+def explained_variance(sae, batches) -> float:
+    x = torch.cat(batches)
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(x))
+    return (
+        1 - ((x - x_hat).pow(2).sum(-1).mean() / (x - x.mean((0, 1))).pow(2).sum(-1).mean()).item()
+    )
+
+
+# ---------------------------------------------------------------------------- unit
+def test_bad_knob_is_a_one_line_error(ex, capsys):
+    with pytest.raises(SystemExit):
+        ex.parse_args(["--out_dir=r", "--architecture=gated"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "architecture 'gated' unknown" in err and "batchtopk" in err
+
+
+def test_budget_profile_then_explicit_flags(ex):
+    cfg = ex.parse_args(["--out_dir=r", "--budget=tiny", "--seq_len=48"])
+    assert cfg.train_tokens == ex.BUDGETS["tiny"]["train_tokens"]
+    assert cfg.seq_len == 48  # an explicit flag beats the profile
+    assert ex.parse_args(["--out_dir=r"]).train_tokens == ex.Config.train_tokens
+
+
+def test_zero_steps_is_refused_with_the_reason(ex):
+    with pytest.raises(AssertionError, match="less than one batch"):
+        ex.count_steps(small_cfg(ex, train_tokens=100))
+    with pytest.raises(AssertionError, match="fewer than warmup_steps"):
+        ex.count_steps(small_cfg(ex, train_tokens=8 * 16 * 5))
+
+
+def test_lr_warms_up_then_decays_to_zero(ex):
+    cfg = small_cfg(ex, warmup_steps=10, decay_start=0.8)
+    factors = [ex.lr_factor(s, 100, cfg) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0 and factors[50] == 1.0
+    assert factors[99] == pytest.approx(1 / 20) and factors[85] < factors[80]
+
+
+@pytest.mark.parametrize("architecture", ["batchtopk", "topk", "relu"])
+def test_init_is_tied_unit_norm_and_never_zero(ex, architecture):
+    torch.manual_seed(0)
+    b_dec = torch.full((32,), 0.3)
+    sae = ex.build_sae(small_cfg(ex, architecture=architecture), 32, b_dec)
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(128))
+    assert torch.equal(sae.W_enc, sae.W_dec.T)
+    assert torch.equal(sae.b_dec, b_dec)
+    assert (sae.encode(synthetic_batches(1)[0]) > 0).any()  # latents fire from step 0
+
+
+def test_sparse_decode_equals_dense(ex):
+    torch.manual_seed(0)
+    sae = ex.build_sae(small_cfg(ex, architecture="topk"), 32, torch.zeros(32))
+    f = sae.encode(synthetic_batches(1)[0])
+    assert (f > 0).sum(-1).max() <= 4
+    assert torch.allclose(sae.decode(f), f @ sae.W_dec + sae.b_dec, atol=1e-5)
+
+
+def test_auxk_gives_dead_latents_a_gradient(ex):
+    torch.manual_seed(0)
+    sae = ex.build_sae(small_cfg(ex, architecture="topk"), 32, torch.zeros(32))
+    dead = torch.zeros(128, dtype=torch.bool)
+    dead[:64] = True
+    x = synthetic_batches(1)[0]
+    pre = sae.pre_acts(x)
+    ex.auxk_loss(sae, x - sae.decode(sae.activate(pre)), pre, dead).backward()
+    assert sae.W_enc.grad[:, :64].abs().sum() > 0
+    assert sae.W_enc.grad[:, 64:].abs().sum() == 0  # live latents are left to the main loss
+
+
+@pytest.mark.parametrize("architecture", ["batchtopk", "topk", "relu"])
+def test_training_reduces_loss_and_reconstructs(ex, architecture):
+    torch.manual_seed(0)
+    cfg = small_cfg(ex, architecture=architecture, sparsity_penalty=0.005)
+    batches = synthetic_batches(20)
+    steps = ex.count_steps(cfg)
+    sae = ex.build_sae(cfg, 32, torch.cat(batches).flatten(0, 1).mean(0))
+    facts = ex.train(sae, (batches[i % 20] for i in range(steps)), steps, cfg)
+    assert facts["training_steps"] == steps and facts["tokens_seen"] == steps * 8 * 16
+    assert facts["curve"]["loss"][-1] < 0.5 * facts["curve"]["loss"][0]
+    sae.eval()
+    assert explained_variance(sae, synthetic_batches(4, seed=1)) > 0.7
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(128))
+
+
+# ---------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def tiny_run(ex, tmp_path_factory) -> Path:
+    """The real experiment at the tiny budget: Gemma 3 270M, a 16k-token cached slice."""
+    out_dir = tmp_path_factory.mktemp("tiny") / "run_1"
+    ex.main([f"--out_dir={out_dir}", "--budget=tiny"])
+    return out_dir
+
+
+def test_tiny_run_trains_and_passes_the_template_rules(tiny_run):
+    info = json.loads((tiny_run / "final_info.json").read_text())
+    curve = json.loads((tiny_run / "loss_curve.json").read_text())
+    assert info["training_steps"] > 0 and info["tokens_seen"] > 0
+    assert curve["loss"][-1] < curve["loss"][0]
+    assert curve["step"][-1] == info["training_steps"]
+    verdict = validate_run(tiny_run, load_template(TEMPLATE))
+    assert verdict.ok, verdict.summary()
+    for eval_id in ("core", "sparse_probing", "unlearning", "temporal"):
+        assert info[eval_id]["eval_type_id"] == eval_id
+    assert (tiny_run / "sae_weights.safetensors").is_file()
+
+
+def test_saved_sae_reads_raw_residuals(ex, tiny_run):
+    """SAELens layout with the normalisation folded in: same latents as the trained SAE."""
+    from safetensors.torch import load_file
+
+    weights = load_file(tiny_run / "sae_weights.safetensors")
+    sae_cfg = json.loads((tiny_run / "cfg.json").read_text())
+    assert weights["W_enc"].shape == (sae_cfg["d_in"], sae_cfg["d_sae"])
+    assert weights["W_dec"].shape == (sae_cfg["d_sae"], sae_cfg["d_in"])
+    assert set(weights) >= {"W_enc", "b_enc", "W_dec", "b_dec"}
+
+
+def test_an_all_zero_sae_fails_the_rules(ex, tiny_run):
+    """The old system's failure: zero weights. Its evals must not pass template.json."""
+    from saelab.activations import harvest
+    from saelab.models import load_model
+
+    cfg = ex.parse_args([f"--out_dir={tiny_run}", "--budget=tiny"])
+    model = load_model(cfg.model_name)
+    cache = harvest(model, cfg.layer, cfg.corpus, cfg.seq_len, cfg.cache_tokens)
+    train_cache, test_cache = cache.split(cfg.test_fraction)
+    sae = ex.build_sae(cfg, model.d_model, ex.data_mean(train_cache, "cpu"))
+    with torch.no_grad():
+        for parameter in sae.parameters():
+            parameter.zero_()
+    blocks = ex.evaluate(sae, model, test_cache, train_cache.norm_scale, cfg)
+    # keep the real training facts: the eval rules alone must catch the zero SAE
+    info = {**json.loads((tiny_run / "final_info.json").read_text()), **blocks}
+    verdict = validate_result(info, load_template(TEMPLATE))
+    assert not verdict.ok
+    failed = "\n".join(verdict.problems)
+    assert EV in failed and L0 in failed
+
+
+def test_plot_writes_readable_pngs(tiny_run, tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("plot", TEMPLATE / "plot.py")
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    for run in ("run_0", "run_1"):
+        shutil.copytree(tiny_run, tmp_path / run)
+    monkeypatch.chdir(tmp_path)
+    plot.main()
+    for name in ("loss_curves.png", "key_metrics.png", "frontier.png"):
+        assert (tmp_path / name).stat().st_size > 10_000, name
+
+
+@pytest.mark.slow
+def test_cpu_default_meets_the_baseline_floor(tmp_path):
+    """The full CPU default (<= 10 min once caches exist) through make_baseline's validation."""
+    spec = importlib.util.spec_from_file_location("make_baseline", TEMPLATE / "make_baseline.py")
+    make_baseline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_baseline)
+    assert make_baseline.main([f"--out_dir={tmp_path / 'run_0'}"]) == 0

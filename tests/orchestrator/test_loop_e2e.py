@@ -1,0 +1,309 @@
+"""The real loop end to end: real aider and litellm over HTTP to a scripted server on
+127.0.0.1, the tiny numpy template, real runs, real validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import git
+import pytest
+
+from orchestrator.journal import Journal
+from orchestrator.replay_server import END_MARKER
+from orchestrator.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENT = Path(__file__).parent / "fixtures/templates/tiny/experiment.py"
+
+
+def kinds(ws: Path, kind: str) -> list[dict]:
+    return Journal(ws / "journal.jsonl").entries(kind)
+
+
+def statuses(ws: Path) -> list[tuple[str, str]]:
+    return [(e["run_name"], e["status"]) for e in kinds(ws, "run_done")]
+
+
+def knob(name: str, value: str, was: str | None = None) -> tuple[str, str, str]:
+    """A SEARCH/REPLACE edit setting one knob of the tiny experiment (whole lines, as aider
+    needs), from the template's value or from `was`."""
+    line = next(x for x in EXPERIMENT.read_text().splitlines() if x.startswith(f"{name} = "))
+    comment = line.split("#", 1)[1]
+    old = line if was is None else f"{name} = {was}  #{comment}"
+    return ("experiment.py", old, f"{name} = {value}  #{comment}")
+
+
+def set_knob(reply, summary: str, name: str, value: str, was: str | None = None) -> str:
+    return reply(summary, knob(name, value, was))
+
+
+def test_clean_two_run_loop_commits_each_edit(run_loop, reply):
+    responses = [
+        set_knob(reply, "Plan: more steps, then a larger step size.", "steps", "300"),
+        set_knob(reply, "Raise the learning rate to 0.1.", "learning_rate", "0.1"),
+        reply(
+            "Both runs beat the baseline loss.",
+            ("notes.txt", "Notes on the tiny experiment.", "Run 1: 300 steps. Run 2: lr 0.1."),
+            tail="ALL_COMPLETED",
+        ),
+    ]
+    ws, server = run_loop(responses, max_runs=2)
+    assert statuses(ws) == [("run_1", "ok"), ("run_2", "ok")]
+    assert json.loads((ws / "run_1/final_info.json").read_text())["training_steps"] == 300
+    assert json.loads((ws / "run_2/final_info.json").read_text())["learning_rate"] == 0.1
+    subjects = [c.message.strip() for c in git.Repo(ws).iter_commits()][::-1]
+    assert subjects == [
+        "template: pristine tiny",
+        "run_1: Plan: more steps, then a larger step size.",
+        "run_2: Raise the learning rate to 0.1.",
+        "final analysis: Both runs beat the baseline loss.",
+    ]
+    assert kinds(ws, "end")[-1]["reason"] == "agent answered ALL_COMPLETED"
+    assert len(server.requests) == 3 and not server.exhausted
+    # the after-run prompt quotes the recorded numbers, not anything the agent typed
+    r2 = json.loads((ws / "run_1/final_info.json").read_text())["r2"]
+    assert str(r2) in server.requests[1]["messages"][-1]["content"]
+    assert len(kinds(ws, "llm_call")) == 3
+    assert (ws / "notes.txt").read_text().count("VALID") >= 2
+
+
+LOSS_LINE = "loss = float(np.mean((x @ w - y) ** 2))"
+CRASH_LINE = "loss = float(np.mean((x @ w - y) ** 2)) / int(steps * 0)"
+
+
+def last_prompt(server, i: int) -> str:
+    return server.requests[i]["messages"][-1]["content"]
+
+
+def test_crash_traceback_is_fed_back_then_fixed(run_loop, reply):
+    responses = [
+        reply("Normalise the loss.", ("experiment.py", LOSS_LINE, CRASH_LINE)),
+        reply("Undo the division by zero.", ("experiment.py", CRASH_LINE, LOSS_LINE)),
+    ]
+    ws, server = run_loop(responses, max_runs=1)
+    assert statuses(ws) == [("run_1", "crashed"), ("run_1", "ok")]
+    feedback = last_prompt(server, 1)
+    assert "ZeroDivisionError" in feedback and "stderr" in feedback  # the traceback
+    assert "training for 200 steps" in feedback  # and the stdout tail
+    subjects = [c.message.strip() for c in git.Repo(ws).iter_commits()][::-1]
+    assert subjects[1:] == [
+        "run_1: Normalise the loss.",
+        "run_1 (attempt 2): Undo the division by zero.",
+    ]
+
+
+def test_zero_training_steps_is_invalid_and_run_number_stays(run_loop, reply):
+    responses = [
+        set_knob(reply, "Skip training to save time.", "steps", "0"),
+        set_knob(reply, "Train for 100 steps after all.", "steps", "100", was="0"),
+    ]
+    ws, server = run_loop(responses, max_runs=1)
+    assert statuses(ws) == [("run_1", "invalid"), ("run_1", "ok")]
+    verdicts = kinds(ws, "verdict")
+    assert not verdicts[0]["ok"] and any("training_steps" in p for p in verdicts[0]["problems"])
+    feedback = last_prompt(server, 1)
+    assert "failed validation" in feedback and "training_steps" in feedback
+    assert json.loads((ws / "run_1/final_info.json").read_text())["training_steps"] == 100
+    assert not (ws / "run_2").exists()
+    assert "INVALID" in (ws / "notes.txt").read_text()
+
+
+def test_protected_file_edit_is_reverted_and_agent_told(run_loop, reply):
+    pristine = (
+        ws_template := Path(__file__).parent / "fixtures/templates/tiny/template.json"
+    ).read_bytes()
+    responses = [
+        reply(
+            "More steps, and a longer timeout.",
+            ("template.json", '  "timeout_seconds": 30,', '  "timeout_seconds": 3000,'),
+            knob("steps", "250"),
+            ("../outside.py", "", "print('escaped the workspace')"),
+        )
+    ]
+    ws, server = run_loop(responses, max_runs=1)
+    assert not (ws.parent / "outside.py").exists()  # beyond the guard's reach: aider refuses
+    assert (ws / "template.json").read_bytes() == pristine == ws_template.read_bytes()
+    reverts = kinds(ws, "revert")
+    assert [r["files"] for r in reverts] == [["template.json"]]
+    assert statuses(ws) == [("run_1", "ok")]  # the allowed part of the edit still ran
+    assert "template.json" in last_prompt(server, 1) and "restored" in last_prompt(server, 1)
+    touched = git.Repo(ws).git.log("--format=%s", "--", "template.json").splitlines()
+    assert touched == ["template: pristine tiny"]
+
+
+def test_experiment_writing_a_protected_file_invalidates_the_run(run_loop, reply):
+    tamper = 'Path("template.json").write_text("{}")  # relax the rules'
+    save = next(x for x in EXPERIMENT.read_text().splitlines() if x.startswith("# ---- save"))
+    responses = [reply("Save a copy.", ("experiment.py", save, f"{save}\n{tamper}"))]
+    ws, _ = run_loop(responses, max_runs=1, max_iters=1)
+    assert json.loads((ws / "template.json").read_text())["name"] == "tiny"
+    assert statuses(ws) == [("run_1", "invalid")]
+    assert "protected" in kinds(ws, "verdict")[0]["problems"][-1]
+
+
+def test_empty_diff_is_not_run_again(run_loop, reply):
+    responses = [
+        "I believe the template is already optimal.\n",
+        set_knob(reply, "Fine, 300 steps.", "steps", "300"),
+    ]
+    ws, server = run_loop(responses, max_runs=1)
+    assert [e["run_name"] for e in kinds(ws, "skip")] == ["run_1"]
+    assert [e["attempt"] for e in kinds(ws, "run")] == [2]  # the empty turn counted, never ran
+    assert "changed none of" in last_prompt(server, 1)
+
+
+def test_hang_is_killed_at_timeout_with_no_process_left(run_loop, reply, processes_in):
+    responses = [set_knob(reply, "Wait for the data.", "sleep_seconds", "60.0")]
+    ws, _ = run_loop(responses, max_runs=1, max_iters=1, timeout=1.5)
+    (run,) = kinds(ws, "run")
+    assert run["timed_out"] and run["seconds"] < 15
+    assert statuses(ws) == [("run_1", "timeout")]
+    assert processes_in(ws) == []
+    assert kinds(ws, "end")[-1]["reason"] == "run_1 failed 1 times in a row"
+
+
+def test_replay_of_a_journal_gives_the_same_commits(run_loop, reply):
+    responses = [
+        set_knob(reply, "More steps.", "steps", "300"),
+        set_knob(reply, "Faster learning.", "learning_rate", "0.1"),
+    ]
+    first, _ = run_loop(responses, max_runs=2)
+    replay = {"replay": first / "journal.jsonl", "idea": None, "model": None, "api_base": None}
+    again, _ = run_loop([], max_runs=2, **replay)  # the journal names its idea
+    assert again != first
+    assert Workspace.open(again).patches() == Workspace.open(first).patches()
+    assert len(Workspace.open(again).patches()) == 2
+    assert statuses(again) == statuses(first) == [("run_1", "ok"), ("run_2", "ok")]
+    assert "REPLAY" in (again / "notes.txt").read_text()
+
+
+def test_no_llm_configured_runs_the_playbook_loudly(run_loop):
+    ws, _ = run_loop([], max_runs=1, model=None, api_base=None)
+    assert statuses(ws) == [("run_1", "ok")]
+    assert kinds(ws, "end")[-1]["reason"] == "replay exhausted"
+    assert "No LLM is configured" in (ws / "notes.txt").read_text()
+    assert kinds(ws, "start")[0]["llm_source"].startswith("playbook")
+
+
+def wait_for(probe, seconds: float):
+    """Poll `probe` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + seconds
+    while not (found := probe()):
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+    return found
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _pid_file(results: Path) -> Path | None:
+    """run_1's process-group file, once the runner has written it."""
+    found = [p for p in results.glob("*/run_1/.runner.pgid") if p.read_text().strip()]
+    return found[0] if found else None
+
+
+def test_resume_after_sigkill_mid_run_loses_nothing(tmp_path, scripted, reply, launch_args):
+    # Only the first launch's run hangs (TINY_SLEEP is in its environment, not the resume's),
+    # so a group still gone after the quick resume was ended by the resume, not by the clock.
+    slow = 'float(__import__("os").environ.get("TINY_SLEEP", "0"))'
+    server = scripted([set_knob(reply, "Sleep when asked.", "sleep_seconds", slow)])
+    model = ("--model", "openai/scripted", "--api-base", server.url)
+    launch = launch_args("--idea", "tiny_lr", *model, "--max-runs", "1")
+    env = {**os.environ, "TINY_SLEEP": "60"}
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(launch, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            pid_file = wait_for(lambda: _pid_file(tmp_path / "results"), 60)
+        finally:
+            proc.kill()  # SIGKILL: no cleanup of any kind
+            proc.wait()
+    pgid = int(pid_file.read_text())
+    assert _group_exists(pgid)  # the orphaned run lives on after its orchestrator died
+    ws = pid_file.parents[1]
+    before = (ws / "journal.jsonl").read_text()
+    assert [e["kind"] for e in kinds(ws, "commit")] == ["commit"] and not kinds(ws, "run")
+
+    done = subprocess.run(
+        launch_args("--resume", str(ws)), cwd=REPO, capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
+    assert (ws / "journal.jsonl").read_text().startswith(before)  # nothing recorded was lost
+    seqs = [e["seq"] for e in Journal(ws / "journal.jsonl").entries()]
+    assert seqs == list(range(len(seqs)))
+    assert statuses(ws) == [("run_1", "ok")]
+    assert len(kinds(ws, "commit")) == 1  # the edit was not re-requested or re-committed
+    assert len(server.requests) == 2  # the opening turn, then the last after-run turn
+    # The orphaned run (60 s sleep) was ended by the resume; its zombie may take PID 1 a moment.
+    wait_for(lambda: not _group_exists(pgid), 10)
+
+
+def test_ctrl_c_in_agent_turn_then_resume_asks_again(run_loop, reply, monkeypatch, tmp_path):
+    from orchestrator import agent, loop
+
+    real_turn = agent.Agent.turn
+
+    def interrupted_turn(self, message):
+        monkeypatch.setattr(agent.Agent, "turn", real_turn)
+        (self.workspace / "experiment.py").write_text("half-applied edit")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agent.Agent, "turn", interrupted_turn)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop([set_knob(reply, "More steps.", "steps", "300")], max_runs=1)
+    (ws,) = (tmp_path / "results").iterdir()
+    assert [e["kind"] for e in Journal(ws / "journal.jsonl").entries()][-1] == "prompt"
+
+    assert loop.run(loop.Settings(resume=ws, live=False)) == ws
+    prompts = kinds(ws, "prompt")
+    assert prompts[0]["text"] == prompts[1]["text"]  # the cut-off turn is asked again
+    assert statuses(ws) == [("run_1", "ok")]
+    assert json.loads((ws / "run_1/final_info.json").read_text())["training_steps"] == 300
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_scripted_server_speaks_openai_to_litellm(scripted, stream):
+    import litellm  # after conftest set LITELLM_LOCAL_MODEL_COST_MAP
+
+    server = scripted(["first reply"])
+    ask = {"model": "openai/scripted", "api_base": server.url, "api_key": "k", "stream": stream}
+    texts = []
+    for _ in range(2):
+        out = litellm.completion(messages=[{"role": "user", "content": "hi"}], **ask)
+        chunks = out if stream else [out]
+        texts.append("".join(_text(c, stream) for c in chunks))
+    assert texts == ["first reply", END_MARKER]
+    assert server.exhausted and server.requests[0]["messages"][0]["content"] == "hi"
+
+
+def _text(chunk, stream: bool) -> str:
+    return (chunk.choices[0].delta.content if stream else chunk.choices[0].message.content) or ""
+
+
+def test_resume_killed_after_the_closing_commit_just_ends(run_loop, reply):
+    from orchestrator import loop
+
+    notes = ("notes.txt", "Notes on the tiny experiment.", "300 steps: same loss.")
+    responses = [
+        set_knob(reply, "More steps.", "steps", "300"),
+        reply("Done.", notes, tail="ALL_COMPLETED"),
+    ]
+    ws, server = run_loop(responses, max_runs=1)
+    journal = ws / "journal.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["kind"] == "end" and json.loads(lines[-2])["kind"] == "commit"
+    journal.write_text("".join(lines[:-1]))  # as if killed right after the commit
+
+    loop.run(loop.Settings(resume=ws, live=False))
+    assert [e["kind"] for e in Journal(journal).entries()][-2:] == ["commit", "end"]
+    assert kinds(ws, "end")[-1]["reason"] == "agent answered ALL_COMPLETED"
+    assert len(kinds(ws, "run")) == 1 and len(server.requests) == 2

@@ -1,0 +1,190 @@
+"""report.py: notes.txt numbers come from final_info.json, false success claims are flagged,
+plots fall back to built-ins, and the closing table shows every run."""
+
+import json
+import math
+import re
+
+import pytest
+from helpers import core_result, core_spec, core_write_run
+from rich.console import Console
+
+from orchestrator.journal import Journal
+from orchestrator.report import (
+    AGENT_NOTES_HEADING,
+    GENERATED_MARK,
+    claims_success,
+    collect_runs,
+    llm_usage,
+    make_plots,
+    summary_table,
+    write_notes,
+)
+
+IDEA = {"Name": "toy", "Title": "Toy idea", "Experiment": "Train the toy model longer."}
+CLAIM = "The run succeeded and the score improved to 0.99, a great result."
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """Baseline, a valid run_1, and run_2 whose retry replaced an invalid first attempt."""
+    ws = tmp_path / "ws"
+    core_write_run(ws, "run_0", core_result())
+    core_write_run(ws, "run_1", core_result(final_loss=0.0098765432101, eval={"score": 0.91}))
+    core_write_run(ws, "run_2", core_result(training_steps=0, eval={"score": 0.5}))
+    (ws / "run_1" / "loss_curve.json").write_text(json.dumps({"step": [1, 2], "loss": [2.0, 1.0]}))
+    journal = Journal(ws / "journal.jsonl")
+    journal.append("start", idea="toy")
+    journal.append("llm_call", prompt_tokens=100, completion_tokens=20, cost=0.01)
+    journal.append("run", run_name="run_1", attempt=1, returncode=0, timed_out=False, seconds=3.0)
+    journal.append("verdict", run_name="run_1", ok=True, problems=[], metrics={})
+    journal.append("run_done", run_name="run_1", status="ok")
+    journal.append("response", text="Run 1 worked: the score improved.")
+    journal.append("run", run_name="run_2", attempt=1, returncode=1, timed_out=False, seconds=1.0)
+    journal.append("verdict", run_name="run_2", ok=False, problems=["crash"], metrics={"steps": 7})
+    journal.append("run_done", run_name="run_2", status="crashed")
+    journal.append("response", text="The crash is fixed now.")
+    journal.append("llm_call", prompt_tokens=50, completion_tokens=5, cost=None)
+    journal.append("run", run_name="run_2", attempt=2, returncode=0, timed_out=False, seconds=2.0)
+    problems = ["training_steps = 0 violates 'training_steps > 0'", "protected files changed"]
+    journal.append("verdict", run_name="run_2", ok=False, problems=problems, metrics={})
+    journal.append("run_done", run_name="run_2", status="invalid")
+    journal.append("response", text="Preliminary thoughts.")
+    journal.append("response", text=CLAIM)
+    core_write_run(ws, "run_3", None)
+    journal.append("run", run_name="run_3", attempt=1, returncode=-15, timed_out=True, seconds=9.0)
+    journal.append("run_done", run_name="run_3", status="timeout")
+    journal.append("response", text="It worked")
+    return ws
+
+
+def _spec(tmp_path, **overrides):
+    return core_spec(tmp_path / "template", **overrides)
+
+
+def test_collect_runs_reads_numbers_from_disk_or_the_recorded_verdict(workspace, tmp_path):
+    runs = collect_runs(workspace, _spec(tmp_path), Journal(workspace / "journal.jsonl"))
+    assert [(r.name, r.attempt, r.status) for r in runs] == [
+        ("run_0", None, "ok"),
+        ("run_1", 1, "ok"),
+        ("run_2", 1, "crashed"),
+        ("run_2", 2, "invalid"),
+        ("run_3", 1, "timeout"),
+    ]
+    run_1, crashed, invalid, timeout = runs[1:]
+    assert run_1.metrics == {"steps": 120, "loss": 0.0098765432101, "score": 0.91}
+    assert crashed.metrics == {"steps": 7, "loss": None, "score": None}  # as recorded
+    assert crashed.problems == ["crash"] and crashed.from_journal and not invalid.from_journal
+    assert invalid.metrics["steps"] == 0 and not invalid.verdict_ok  # re-read from disk
+    assert invalid.problems[1] == "protected files changed"  # the loop's verdict, as recorded
+    assert invalid.analysis == CLAIM  # the last response after the run
+    assert timeout.problems[0].startswith(
+        "run_3/final_info.json: missing"
+    )  # no verdict: file checked
+    assert timeout.metrics == {"steps": None, "loss": None, "score": None}
+    assert [r.claims_success_but_failed for r in runs] == [False, False, False, True, True]
+    assert [r.seconds for r in runs] == [None, 3.0, 1.0, 2.0, 9.0]
+
+
+def test_notes_numbers_equal_final_info_numbers_and_warn_on_false_claims(workspace, tmp_path):
+    path = write_notes(
+        workspace, _spec(tmp_path), Journal(workspace / "journal.jsonl"), IDEA, "REPLAYED"
+    )
+    notes = path.read_text()
+    assert path == workspace / "notes.txt"
+    assert notes.splitlines()[0] == GENERATED_MARK and notes.splitlines()[2] == "REPLAYED"
+    assert "# Toy idea" in notes and "Train the toy model longer." in notes
+
+    sections = dict(
+        re.findall(r"^## (run_\d(?: \(attempt 2\))?).*?\n(.*?)(?=^## |\Z)", notes, re.M | re.S)
+    )
+    for name in ("run_0", "run_1", "run_2 (attempt 2)"):
+        recorded = json.loads((workspace / name[:5] / "final_info.json").read_text())
+        shown = dict(re.findall(r"^  (steps|loss|score): (.+)$", sections[name], re.M))
+        assert float(shown["loss"]) == recorded["final_loss"]
+        assert float(shown["score"]) == recorded["eval"]["score"]
+        assert int(shown["steps"]) == recorded["training_steps"]
+
+    assert "## run_1 (attempt 1): VALID" in notes
+    assert "## run_2 (attempt 2): INVALID" in notes
+    assert "## run_2 (attempt 1): CRASHED" in notes
+    assert "as validated when this attempt ran" in notes and "  score: missing" in notes
+    assert notes.count("WARNING: the agent's analysis below claims success") == 2
+    assert "## run_3 (attempt 1): TIMEOUT" in notes and "this run is TIMEOUT" in notes
+    warned = sections["run_2 (attempt 2)"]
+    assert "WARNING" in warned and "this run is INVALID" in warned and CLAIM in warned
+    assert "WARNING" not in sections["run_1"] and "Run 1 worked" in sections["run_1"]
+    assert "LLM usage: 2 calls, 175 tokens, $0.0100" in notes
+
+
+def test_notes_without_banner_or_runs(tmp_path):
+    ws = tmp_path / "ws"
+    core_write_run(ws, "run_0", core_result(final_loss=math.nan))
+    notes = write_notes(ws, _spec(tmp_path), Journal(ws / "journal.jsonl"), IDEA).read_text()
+    assert notes.startswith(GENERATED_MARK + "\n# Toy idea")
+    assert "## run_0: INVALID" in notes and "loss: nan" in notes
+    assert "final_loss = nan violates 'final_loss finite'" in notes
+
+
+def test_the_agents_own_notes_file_is_kept_across_regenerations(workspace, tmp_path):
+    agent_text = "# Agent notes\nRun 1: EV 0.99 (typed by the agent)."
+    (workspace / "notes.txt").write_text(agent_text + "\n")
+    spec, journal = _spec(tmp_path), Journal(workspace / "journal.jsonl")
+    first = write_notes(workspace, spec, journal, IDEA).read_text()
+    second = write_notes(workspace, spec, journal, IDEA).read_text()
+    assert first == second
+    assert first.endswith(f"\n{AGENT_NOTES_HEADING}\n{agent_text}\n")
+    assert first.count(agent_text) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "claimed"),
+    [
+        ("The experiment succeeded.", True),
+        ("Training completed successfully with 120 steps", True),
+        ("Reconstruction improved over the baseline.", True),
+        ("It worked!", True),
+        ("This run was not successful.", False),
+        ("Training did not succeed; the loss is NaN.", False),
+        ("The approach failed to improve anything and never worked.", False),
+        ("Success was not achieved.", False),
+        ("The run was unsuccessful because no step ran.", False),
+        ("We saw no improvement. Next, try a larger learning rate.", False),
+        ("It didn't work. However, the next run succeeded", True),
+        ("", False),
+    ],
+)
+def test_claims_success(text, claimed):
+    assert claims_success(text) is claimed
+
+
+def test_failing_plot_command_falls_back_to_builtin_plots(workspace, tmp_path):
+    spec = _spec(tmp_path, plot_command=["{python}", "-c", "raise SystemExit('plot broke')"])
+    paths = make_plots(workspace, spec, Journal(workspace / "journal.jsonl"), live=False)
+    assert paths == [
+        workspace / "plots" / "key_metrics.png",
+        workspace / "plots" / "loss_curves.png",
+    ]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "plot broke" in (workspace / "plot_log.txt").read_text()
+
+
+def test_template_plot_command_output_is_used(workspace, tmp_path):
+    png = "import shutil, sys; open('fig.png', 'wb').write(b'\\x89PNG fake')"
+    spec = _spec(tmp_path, plot_command=["{python}", "-c", png])
+    paths = make_plots(workspace, spec, Journal(workspace / "journal.jsonl"), live=False)
+    assert paths == [workspace / "fig.png"]
+    assert not (workspace / "plots").exists()
+
+
+def test_summary_table_lists_runs_verdicts_metrics_and_totals(workspace, tmp_path):
+    journal = Journal(workspace / "journal.jsonl")
+    runs = collect_runs(workspace, _spec(tmp_path), journal)
+    tokens, cost = llm_usage(journal)
+    console = Console(record=True, width=120)
+    console.print(summary_table(runs, tokens, cost, wall_seconds=90))
+    text = console.export_text()
+    for expected in ("run_0", "run_1 #1", "run_2 #2", "VALID", "CRASHED", "INVALID", "0.91"):
+        assert expected in text
+    assert "175 LLM tokens, $0.0100, wall 1.5 min" in text
