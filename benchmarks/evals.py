@@ -1,0 +1,81 @@
+"""Per-eval seconds on the real offline Gemma, first run (uncached) vs second (memoised).
+
+    .venvs/lab/bin/python benchmarks/evals.py [--tiny] [--layer 6] [--seq_len 128]
+
+Evaluates a PCA-based reference SAE (top principal directions split into +/- ReLU halves)
+fitted on a harvested cache; the second pass reuses the lower-layer residuals and clean
+losses memoised by the first, as a second SAE evaluated in the same process would.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor
+
+from saelab.activations import harvest
+from saelab.evals import EVALS, EvalConfig, run_evals
+from saelab.models import load_model
+
+console = Console()
+
+
+class PCASAE:
+    def __init__(self, x: Tensor, k: int):
+        self.mean = x.mean(0)
+        torch.manual_seed(0)
+        _, _, self.basis = torch.pca_lowrank(x - self.mean, q=k, center=False)
+        self.d_in, self.d_sae = x.shape[1], 2 * k
+
+    def encode(self, x: Tensor) -> Tensor:
+        z = (x - self.mean) @ self.basis
+        return torch.cat([z.relu(), (-z).relu()], -1)
+
+    def decode(self, f: Tensor) -> Tensor:
+        k = self.basis.shape[1]
+        return (f[..., :k] - f[..., k:]) @ self.basis.T + self.mean
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="EvalConfig().tiny() sizes")
+    parser.add_argument("--layer", type=int, default=6)
+    parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--tokens", type=int, default=64 * 128 * 4)
+    args = parser.parse_args()
+    model = load_model()
+    cache = harvest(model, args.layer, "offline-mix", args.seq_len, args.tokens)
+    train, test = cache.split(0.25)
+    sae = PCASAE(train.acts.float().flatten(0, 1)[:20_000], k=64)
+    config = EvalConfig().tiny() if args.tiny else EvalConfig()
+    passes = [run_evals(sae, model, args.layer, test_cache=test, config=config) for _ in range(2)]
+    table = Table(title=f"eval seconds ({'tiny' if args.tiny else 'default'} config)")
+    for column in ("eval", "uncached s", "memoised s", "headline metric"):
+        table.add_column(column)
+    for name in EVALS:
+        seconds = [p[name]["eval_result_unstructured"]["seconds"] for p in passes]
+        table.add_row(name, f"{seconds[0]:.1f}", f"{seconds[1]:.1f}", headline(passes[1], name))
+    console.print(table)
+
+
+def headline(blocks: dict, name: str) -> str:
+    m = blocks[name]["eval_result_metrics"]
+    if name == "core":
+        return (
+            f"EV {m['reconstruction_quality']['explained_variance']:.3f}  "
+            f"CE score {m['model_performance_preservation']['ce_loss_score']:.3f}  "
+            f"KL score {m['model_behavior_preservation']['kl_div_score']:.3f}"
+        )
+    if name == "sparse_probing":
+        sae, llm = m["sae"]["sae_test_accuracy"], m["llm"]["llm_test_accuracy"]
+        return f"sae acc {sae:.3f}  llm acc {llm:.3f}"
+    if name == "unlearning":
+        return f"score {m['unlearning']['unlearning_score']:.3f}"
+    return f"consistency short {m['temporal']['consistency_short']:.3f}"
+
+
+if __name__ == "__main__":
+    main()

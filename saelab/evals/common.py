@@ -1,0 +1,161 @@
+"""Shared pieces of the evals: size knobs, the raw-space SAE wrapper, SAEBench blocks, memos."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from saelab.models import LanguageModel
+
+
+class SAELike(Protocol):
+    """What every eval needs: encode(x[B,L,D]) -> f[B,L,F], decode(f) -> x_hat[B,L,D]."""
+
+    d_in: int
+    d_sae: int
+
+    def encode(self, x: Tensor) -> Tensor: ...
+
+    def decode(self, f: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Every eval's size knobs. The defaults fit all four evals in ~5 min on 2 CPU cores."""
+
+    batch_size: int = 4  # sequences per forward pass: logits are [B, T, 262k] on Gemma 3
+    # core
+    core_recon_seqs: int = 64  # held-out sequences for EV / MSE / L0 / dead fraction
+    core_ce_seqs: int = 8  # sequences spliced into the model for CE loss and KL
+    dense_threshold: float = 0.1  # a latent firing on more than this fraction is dense
+    # sparse probing
+    probe_tasks: tuple[str, ...] | None = None  # None = the four default families
+    probe_n_per_class: int = 100
+    probe_seq_len: int = 64
+    probe_ks: tuple[int, ...] = (1, 2, 5, 10, 20)
+    # unlearning
+    unlearn_questions: int = 40  # per domain (forget, retain), before keeping the known ones
+    unlearn_texts: int = 64  # forget / retain texts for latent firing frequencies
+    unlearn_seq_len: int = 64
+    unlearn_n_features: tuple[int, ...] = (10, 20)
+    unlearn_multipliers: tuple[float, ...] = (25.0, 50.0)
+    unlearn_retain_sparsity: float = 0.01  # only latents firing on < 1% of retain tokens
+    unlearn_retain_threshold: float = 0.95  # configs must keep retain accuracy at or above this
+    unlearn_format: str = "likelihood"  # "likelihood" (option log-prob) | "letters" (A-D)
+    # temporal
+    temporal_seqs: int = 32
+
+    def tiny(self) -> EvalConfig:
+        """Sizes for tests: seconds per eval, same code paths."""
+        return dataclasses.replace(
+            self,
+            batch_size=4,
+            core_recon_seqs=8,
+            core_ce_seqs=2,
+            probe_tasks=("language_id", "sentiment"),
+            probe_n_per_class=40,
+            probe_seq_len=32,
+            unlearn_questions=8,
+            unlearn_texts=8,
+            unlearn_seq_len=32,
+            unlearn_n_features=(10,),
+            unlearn_multipliers=(50.0,),
+            temporal_seqs=8,
+        )
+
+
+class Normalized:
+    """Evaluates in raw residual space an SAE trained on inputs multiplied by `scale`."""
+
+    def __init__(self, sae: SAELike, scale: float):
+        self.sae, self.scale = sae, float(scale)
+        self.d_in, self.d_sae = sae.d_in, sae.d_sae
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.sae.encode(x * self.scale)
+
+    def decode(self, f: Tensor) -> Tensor:
+        return self.sae.decode(f) / self.scale
+
+
+def make_block(
+    eval_type_id: str,
+    sae: SAELike,
+    config: EvalConfig,
+    metrics: dict,
+    details: Any = None,
+    unstructured: Any = None,
+) -> dict:
+    """One SAEBench-shaped result block."""
+    return {
+        "eval_type_id": eval_type_id,
+        "eval_config": dataclasses.asdict(config),
+        "eval_id": str(uuid.uuid4()),
+        "datetime_epoch_millis": int(time.time() * 1000),
+        "eval_result_metrics": metrics,
+        "eval_result_details": details if details is not None else [],
+        "eval_result_unstructured": unstructured,
+        "sae_cfg_dict": sae_cfg_dict(sae),
+    }
+
+
+def sae_cfg_dict(sae: SAELike) -> dict:
+    inner = sae.sae if isinstance(sae, Normalized) else sae
+    cfg = {"d_in": sae.d_in, "d_sae": sae.d_sae, "class": type(inner).__name__}
+    if isinstance(sae, Normalized):
+        cfg["input_scale"] = sae.scale
+    return cfg
+
+
+# In-process memo of everything that does not depend on the SAE (lower-layer residuals,
+# clean losses): evaluating several SAEs in one process runs only the upper layers per SAE.
+_MEMO: dict[tuple, Any] = {}
+
+
+def memo(key: tuple, compute):  # noqa: ANN001, ANN201 - any value
+    if key not in _MEMO:
+        _MEMO[key] = compute()
+    return _MEMO[key]
+
+
+def tensor_key(t: Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def model_key(model: LanguageModel, layer: int) -> tuple:
+    return (id(model), model.name, layer)
+
+
+def residuals_batched(
+    model: LanguageModel, ids: Tensor, mask: Tensor, layer: int, batch_size: int
+) -> Tensor:
+    """Residuals after block `layer` [B, T, D] fp32 on CPU, memoised per model/layer/ids."""
+
+    def compute() -> Tensor:
+        parts = [
+            model.residuals(ids[i : i + batch_size], mask[i : i + batch_size], layer)
+            for i in range(0, ids.shape[0], batch_size)
+        ]
+        return torch.cat(parts).float().cpu()
+
+    return memo(("resid", *model_key(model, layer), tensor_key(ids), tensor_key(mask)), compute)
+
+
+def splice(sae: SAELike, resid: Tensor, keep_error: bool = False, edit=None) -> Tensor:  # noqa: ANN001
+    """Residuals with positions 1.. replaced by the SAE reconstruction; BOS kept untouched.
+
+    keep_error adds back x - x_hat, so only `edit` (a function of the latents) changes them.
+    """
+    x = resid[:, 1:].float()
+    f = sae.encode(x)
+    x_hat = sae.decode(edit(f) if edit is not None else f)
+    if keep_error:
+        x_hat = x_hat + (x - sae.decode(f))
+    return torch.cat([resid[:, :1].float(), x_hat], dim=1)

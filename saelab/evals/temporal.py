@@ -1,0 +1,89 @@
+"""Temporal eval: how persistent latents are along a sequence, and whether the SAE is causal.
+
+Metrics (eval_result_metrics["temporal"]):
+    consistency_short / _medium / _long: mean Jaccard overlap of the active latent sets at
+        positions t and t + k, for k in 1-4 / 5-16 / 17-128 (bounded by seq_len - 1);
+        0 where no latent fires
+    feature_stability: mean best decoder cosine between the latents of `sae` and `sae_b`
+        (both directions, PW-MCC style); None without sae_b
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saelab.activations import ActivationCache
+from saelab.evals.common import EvalConfig, SAELike, make_block
+
+# a few lags per range keep the cost flat in seq_len
+LAGS = {
+    "short": (1, 2, 3, 4),
+    "medium": (5, 8, 12, 16),
+    "long": (17, 32, 64, 128),
+}
+
+
+def run_temporal(
+    sae: SAELike, cache: ActivationCache, config: EvalConfig, sae_b: SAELike | None = None
+) -> dict:
+    """SAEBench-shaped temporal block on held-out sequences of `cache`."""
+    overlap = lag_overlaps(sae, cache.acts[: config.temporal_seqs], config.batch_size)
+    metrics: dict = {}
+    for name, lags in LAGS.items():
+        values = [overlap[k] for k in lags if k in overlap]
+        metrics[f"consistency_{name}"] = sum(values) / len(values) if values else None
+    metrics["feature_stability"] = feature_stability(sae, sae_b) if sae_b is not None else None
+    details = {"overlap_by_lag": {str(k): v for k, v in overlap.items()}}
+    return make_block("temporal", sae, config, {"temporal": metrics}, details)
+
+
+@torch.no_grad()
+def lag_overlaps(sae: SAELike, acts: Tensor, batch_size: int) -> dict[int, float]:
+    lags = [k for ks in LAGS.values() for k in ks if k < acts.shape[1]]
+    inter = dict.fromkeys(lags, 0.0)
+    union = dict.fromkeys(lags, 0.0)
+    for i in range(0, acts.shape[0], batch_size):
+        active = (sae.encode(acts[i : i + batch_size].float()) != 0).float()
+        count = active.sum(-1)
+        for k in lags:
+            both = (active[:, :-k] * active[:, k:]).sum(-1)
+            inter[k] += both.sum().item()
+            union[k] += (count[:, :-k] + count[:, k:] - both).sum().item()
+    return {k: inter[k] / union[k] if union[k] > 0 else 0.0 for k in lags}
+
+
+@torch.no_grad()
+def decoder_directions(sae: SAELike, chunk: int = 1024) -> Tensor:
+    """Unit decoder direction of every latent [F, D], read through decode (any SAE class)."""
+    zero = sae.decode(torch.zeros(1, 1, sae.d_sae))[0, 0]
+    rows = []
+    for start in range(0, sae.d_sae, chunk):
+        eye = torch.eye(sae.d_sae)[start : start + chunk][None]
+        rows.append(sae.decode(eye)[0] - zero)
+    return F.normalize(torch.cat(rows).float(), dim=-1)
+
+
+@torch.no_grad()
+def feature_stability(sae: SAELike, sae_b: SAELike, chunk: int = 1024) -> float:
+    a, b = decoder_directions(sae), decoder_directions(sae_b)
+    best_a = torch.cat([(a[i : i + chunk] @ b.T).max(1).values for i in range(0, len(a), chunk)])
+    best_b = torch.cat([(b[i : i + chunk] @ a.T).max(1).values for i in range(0, len(b), chunk)])
+    return 0.5 * (best_a.mean().item() + best_b.mean().item())
+
+
+@torch.no_grad()
+def check_causal(sae: SAELike, x: Tensor, t: int | None = None, tol: float = 1e-4) -> dict:
+    """Flag future-token leakage: perturb positions t+1.. of x[B,L,D]; encode at <= t must not move.
+
+    Returns {"causal": bool, "max_relative_change": float, "position": t}.
+    """
+    t = x.shape[1] // 2 if t is None else t
+    noisy = x.clone()
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(noisy[:, t + 1 :].shape, generator=gen) * x.std()
+    noisy[:, t + 1 :] += noise
+    before, after = sae.encode(x)[:, : t + 1], sae.encode(noisy)[:, : t + 1]
+    change = (before - after).abs().max().item() / (before.abs().max().item() + 1e-8)
+    return {"causal": change <= tol, "max_relative_change": change, "position": t}

@@ -1,0 +1,169 @@
+"""saelab.evals on the real Gemma 3 270M at the tiny config: honest in both directions.
+
+An all-zero SAE must look broken (EV <= 0, L0 = 0, probes at chance, no unlearning); a
+PCA-based reference SAE fitted in-test must look good (EV and CE-loss score > 0.5, probes
+above chance); an SAE that mixes in future tokens must be flagged as non-causal.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from saelab.activations import ActivationCache, harvest
+from saelab.evals import EvalConfig, Normalized, check_causal, run_evals
+from saelab.models import LanguageModel
+
+LAYER = 6
+CONFIG = EvalConfig().tiny()
+
+
+class PCASAE:
+    """Top principal directions, split into +/- ReLU halves: a sparse-ish, faithful code."""
+
+    def __init__(self, x: Tensor, k: int):
+        self.mean = x.mean(0)
+        torch.manual_seed(0)  # pca_lowrank is randomised
+        _, _, self.basis = torch.pca_lowrank(x - self.mean, q=k, center=False)  # (D, k)
+        self.d_in, self.d_sae = x.shape[1], 2 * k
+
+    def encode(self, x: Tensor) -> Tensor:
+        z = (x - self.mean) @ self.basis
+        return torch.cat([z.relu(), (-z).relu()], -1)
+
+    def decode(self, f: Tensor) -> Tensor:
+        k = self.basis.shape[1]
+        return (f[..., :k] - f[..., k:]) @ self.basis.T + self.mean
+
+
+class ZeroSAE:
+    """The old system's failure: every weight zero."""
+
+    def __init__(self, d_in: int, d_sae: int):
+        self.d_in, self.d_sae = d_in, d_sae
+
+    def encode(self, x: Tensor) -> Tensor:
+        return torch.zeros(*x.shape[:-1], self.d_sae)
+
+    def decode(self, f: Tensor) -> Tensor:
+        return torch.zeros(*f.shape[:-1], self.d_in)
+
+
+class FutureMixingSAE(PCASAE):
+    """Encodes the mean of the current and all later tokens: leaks the future."""
+
+    def encode(self, x: Tensor) -> Tensor:
+        future_sum = x.flip(1).cumsum(1).flip(1)
+        count = torch.arange(x.shape[1], 0, -1, dtype=x.dtype)[None, :, None]
+        return super().encode(future_sum / count)
+
+
+@pytest.fixture(scope="module")
+def caches(lm: LanguageModel) -> tuple[ActivationCache, ActivationCache]:
+    cache = harvest(lm, LAYER, "offline-mix", 32, 32 * 48, progress=False)
+    return cache.split(0.25)
+
+
+@pytest.fixture(scope="module")
+def reference(caches) -> PCASAE:
+    return PCASAE(caches[0].acts.float().flatten(0, 1), k=64)
+
+
+@pytest.fixture(scope="module")
+def reference_blocks(lm, caches, reference) -> dict[str, dict]:
+    return run_evals(reference, lm, LAYER, test_cache=caches[1], config=CONFIG, progress=False)
+
+
+@pytest.fixture(scope="module")
+def zero_blocks(lm, caches) -> dict[str, dict]:
+    sae = ZeroSAE(lm.d_model, 128)
+    return run_evals(sae, lm, LAYER, test_cache=caches[1], config=CONFIG, progress=False)
+
+
+def metrics(blocks: dict, eval_id: str, group: str) -> dict:
+    return blocks[eval_id]["eval_result_metrics"][group]
+
+
+def test_blocks_are_saebench_shaped(reference_blocks):
+    keys = {
+        "eval_type_id",
+        "eval_config",
+        "eval_id",
+        "datetime_epoch_millis",
+        "eval_result_metrics",
+        "eval_result_details",
+        "eval_result_unstructured",
+        "sae_cfg_dict",
+    }
+    for eval_id, block in reference_blocks.items():
+        assert set(block) == keys and block["eval_type_id"] == eval_id
+    probe = reference_blocks["sparse_probing"]["eval_result_metrics"]
+    assert set(probe["sae"]) == {"sae_test_accuracy"} | {
+        f"sae_top_{k}_test_accuracy" for k in (1, 2, 5, 10, 20)
+    }
+
+
+def test_zero_sae_looks_broken(zero_blocks):
+    assert metrics(zero_blocks, "core", "reconstruction_quality")["explained_variance"] <= 0
+    assert metrics(zero_blocks, "core", "sparsity")["l0"] == 0
+    assert metrics(zero_blocks, "core", "misc")["frac_dead_latents"] == 1.0
+    assert metrics(zero_blocks, "core", "model_performance_preservation")["ce_loss_score"] < 0.5
+    sae_probe = metrics(zero_blocks, "sparse_probing", "sae")
+    assert abs(sae_probe["sae_test_accuracy"] - 0.5) <= 0.1
+    assert abs(sae_probe["sae_top_1_test_accuracy"] - 0.5) <= 0.1
+    assert metrics(zero_blocks, "unlearning", "unlearning")["unlearning_score"] == 0
+    assert metrics(zero_blocks, "temporal", "temporal")["consistency_short"] == 0
+
+
+def test_reference_sae_looks_good(reference_blocks):
+    assert metrics(reference_blocks, "core", "reconstruction_quality")["explained_variance"] > 0.5
+    ce = metrics(reference_blocks, "core", "model_performance_preservation")
+    assert ce["ce_loss_score"] > 0.5
+    assert ce["ce_loss_without_sae"] < ce["ce_loss_with_sae"] < ce["ce_loss_with_ablation"]
+    assert metrics(reference_blocks, "core", "model_behavior_preservation")["kl_div_score"] > 0.5
+    assert metrics(reference_blocks, "core", "sparsity")["l0"] > 0
+    assert metrics(reference_blocks, "core", "misc")["causal"] == 1.0
+    assert metrics(reference_blocks, "sparse_probing", "sae")["sae_test_accuracy"] > 0.6
+    assert metrics(reference_blocks, "sparse_probing", "llm")["llm_test_accuracy"] > 0.7
+    assert 0 < metrics(reference_blocks, "temporal", "temporal")["consistency_short"] <= 1
+
+
+def test_future_mixing_sae_is_flagged(caches, reference):
+    x = caches[1].acts[:2].float()
+    mixing = FutureMixingSAE(caches[0].acts.float().flatten(0, 1), k=64)
+    assert not check_causal(mixing, x)["causal"]
+    assert check_causal(reference, x)["causal"]
+
+
+def test_feature_stability_matches_an_sae_with_itself_only(caches, reference):
+    from saelab.evals.temporal import run_temporal
+
+    same = run_temporal(reference, caches[1], CONFIG, sae_b=reference)
+    other = run_temporal(
+        reference,
+        caches[1],
+        CONFIG,
+        sae_b=PCASAE(torch.randn(512, 640, generator=torch.Generator().manual_seed(1)), k=64),
+    )
+    assert same["eval_result_metrics"]["temporal"]["feature_stability"] == pytest.approx(1.0)
+    assert other["eval_result_metrics"]["temporal"]["feature_stability"] < 0.5
+
+
+def test_normalized_evaluates_in_raw_space(caches, reference):
+    """An SAE trained on inputs * scale, wrapped, reconstructs raw residuals like the raw one."""
+    scale = 0.01
+    scaled = PCASAE.__new__(PCASAE)
+    scaled.__dict__.update(reference.__dict__, mean=reference.mean * scale)
+    wrapped = Normalized(scaled, scale)
+    x = caches[1].acts[:1].float()
+    expected = reference.decode(reference.encode(x))
+    assert torch.allclose(wrapped.decode(wrapped.encode(x)), expected, rtol=1e-4, atol=1e-3)
+    assert not torch.allclose(scaled.decode(scaled.encode(x)), expected, rtol=1e-2, atol=1e-1)
+
+
+def test_bad_requests_fail_with_one_line(lm, reference):
+    with pytest.raises(ValueError, match="unknown evals"):
+        run_evals(reference, lm, LAYER, evals=["core", "nope"], config=CONFIG)
+    with pytest.raises(ValueError, match="test_cache"):
+        run_evals(reference, lm, LAYER, evals=["core"], config=CONFIG)
