@@ -7,11 +7,15 @@ import hashlib
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+import safetensors
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from saelab.cache import atomic_write, cache_dir, file_lock, stable_key
 from saelab.models import LanguageModel
 
 
@@ -37,7 +41,7 @@ class EvalConfig:
     dense_threshold: float = 0.1  # a latent firing on more than this fraction is dense
     # sparse probing
     probe_tasks: tuple[str, ...] | None = None  # None = the four default families
-    probe_n_per_class: int = 100
+    probe_n_per_class: int = 500  # 1,000 balanced texts per task, split 80/20
     probe_seq_len: int = 64
     probe_ks: tuple[int, ...] = (1, 2, 5, 10, 20)
     # unlearning
@@ -114,8 +118,8 @@ def sae_cfg_dict(sae: SAELike) -> dict:
     return cfg
 
 
-# In-process memo of everything that does not depend on the SAE (lower-layer residuals,
-# clean losses): evaluating several SAEs in one process runs only the upper layers per SAE.
+# In-process memo of what does not depend on the SAE (clean losses, clean answers): evaluating
+# several SAEs in one process runs only the upper layers per SAE.
 _MEMO: dict[tuple, Any] = {}
 
 
@@ -136,16 +140,42 @@ def model_key(model: LanguageModel, layer: int) -> tuple:
 def residuals_batched(
     model: LanguageModel, ids: Tensor, mask: Tensor, layer: int, batch_size: int
 ) -> Tensor:
-    """Residuals after block `layer` [B, T, D] fp32 on CPU, memoised per model/layer/ids."""
+    """Residuals after block `layer` [B, T, D] fp32 on CPU.
+
+    Kept on disk (the shared eval cache, in the model's dtype) and in memory, keyed by model,
+    layer and the exact token ids, so each run of experiment.py only runs the upper layers.
+    """
+    fields = {
+        "model": model.name,
+        "dtype": str(model.dtype),
+        "layer": layer,
+        "ids": tensor_key(ids),
+        "mask": tensor_key(mask),
+    }
+    path = cache_dir("evals", "residuals") / f"{stable_key(fields)}.safetensors"
 
     def compute() -> Tensor:
-        parts = [
-            model.residuals(ids[i : i + batch_size], mask[i : i + batch_size], layer)
-            for i in range(0, ids.shape[0], batch_size)
-        ]
-        return torch.cat(parts).float().cpu()
+        with file_lock(path):
+            stored = _load_residuals(path, tuple(ids.shape))
+            if stored is None:
+                parts = [
+                    model.residuals(ids[i : i + batch_size], mask[i : i + batch_size], layer)
+                    for i in range(0, ids.shape[0], batch_size)
+                ]
+                stored = torch.cat(parts).cpu().contiguous()
+                atomic_write(path, lambda tmp: save_file({"resid": stored}, str(tmp)))
+        return stored.float()
 
-    return memo(("resid", *model_key(model, layer), tensor_key(ids), tensor_key(mask)), compute)
+    return memo(("resid", path.name), compute)
+
+
+def _load_residuals(path: Path, shape: tuple[int, ...]) -> Tensor | None:
+    """The stored residuals if the file is whole and of the expected [B, T] shape, else None."""
+    try:
+        resid = load_file(str(path))["resid"]
+    except (OSError, KeyError, safetensors.SafetensorError):
+        return None
+    return resid if tuple(resid.shape[:2]) == shape else None
 
 
 def splice(sae: SAELike, resid: Tensor, keep_error: bool = False, edit=None) -> Tensor:  # noqa: ANN001

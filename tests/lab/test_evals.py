@@ -167,3 +167,25 @@ def test_bad_requests_fail_with_one_line(lm, reference):
         run_evals(reference, lm, LAYER, evals=["core", "nope"], config=CONFIG)
     with pytest.raises(ValueError, match="test_cache"):
         run_evals(reference, lm, LAYER, evals=["core"], config=CONFIG)
+
+
+def test_residuals_come_back_from_the_disk_cache(lm, tmp_cache, monkeypatch):
+    from saelab.evals import common
+
+    ids, mask = lm.tokenize(["The river rose after three days of rain."], 16)
+    first = common.residuals_batched(lm, ids, mask, LAYER, batch_size=1)
+    assert len(list((tmp_cache / "evals" / "residuals").glob("*.safetensors"))) == 1
+    monkeypatch.setattr(common, "_MEMO", {})  # a new experiment process: memory empty, disk warm
+    monkeypatch.setattr(lm, "residuals", lambda *a: pytest.fail("recomputed despite the cache"))
+    assert torch.equal(common.residuals_batched(lm, ids, mask, LAYER, batch_size=1), first)
+
+
+def test_a_truncated_cache_file_is_rebuilt(lm, tmp_cache, monkeypatch):
+    from saelab.evals import common
+
+    ids, mask = lm.tokenize(["Photosynthesis turns light into sugar."], 16)
+    first = common.residuals_batched(lm, ids, mask, LAYER, batch_size=1)
+    (path,) = (tmp_cache / "evals" / "residuals").glob("*.safetensors")
+    path.write_bytes(path.read_bytes()[:100])  # a full disk or a kill mid-copy
+    monkeypatch.setattr(common, "_MEMO", {})
+    assert torch.equal(common.residuals_batched(lm, ids, mask, LAYER, batch_size=1), first)
