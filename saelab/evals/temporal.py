@@ -56,12 +56,18 @@ def lag_overlaps(sae: SAELike, acts: Tensor, batch_size: int) -> dict[int, float
 
 @torch.no_grad()
 def decoder_directions(sae: SAELike, chunk: int = 1024) -> Tensor:
-    """Unit decoder direction of every latent [F, D], read through decode (any SAE class)."""
+    """Unit decoder direction of every latent [F, D], read through decode (any SAE class).
+
+    Each latent is decoded alone as a one-token sequence, so a decoder that mixes tokens
+    cannot blend neighbouring latents into each other.
+    """
     zero = sae.decode(torch.zeros(1, 1, sae.d_sae))[0, 0]
     rows = []
     for start in range(0, sae.d_sae, chunk):
-        eye = torch.eye(sae.d_sae)[start : start + chunk][None]
-        rows.append(sae.decode(eye)[0] - zero)
+        stop = min(start + chunk, sae.d_sae)
+        one_hot = torch.zeros(stop - start, 1, sae.d_sae)
+        one_hot[torch.arange(stop - start), 0, torch.arange(start, stop)] = 1.0
+        rows.append(sae.decode(one_hot)[:, 0] - zero)
     return F.normalize(torch.cat(rows).float(), dim=-1)
 
 
@@ -75,15 +81,22 @@ def feature_stability(sae: SAELike, sae_b: SAELike, chunk: int = 1024) -> float:
 
 @torch.no_grad()
 def check_causal(sae: SAELike, x: Tensor, t: int | None = None, tol: float = 1e-4) -> dict:
-    """Flag future-token leakage: perturb positions t+1.. of x[B,L,D]; encode at <= t must not move.
+    """Flag future-token leakage: perturb positions t+1.. of x[B,L,D]; nothing at <= t may move.
 
-    Returns {"causal": bool, "max_relative_change": float, "position": t}.
+    Both the latents and the reconstruction at positions <= t are compared, so a decoder that
+    looks ahead is caught as well as an encoder. Returns {"causal": bool,
+    "max_relative_change": float (the larger of the two), "position": t}.
     """
     t = x.shape[1] // 2 if t is None else t
     noisy = x.clone()
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(noisy[:, t + 1 :].shape, generator=gen) * x.std()
     noisy[:, t + 1 :] += noise
-    before, after = sae.encode(x)[:, : t + 1], sae.encode(noisy)[:, : t + 1]
-    change = (before - after).abs().max().item() / (before.abs().max().item() + 1e-8)
+    f_clean, f_noisy = sae.encode(x), sae.encode(noisy)
+    pairs = ((f_clean, f_noisy), (sae.decode(f_clean), sae.decode(f_noisy)))
+    change = max(_relative_change(a[:, : t + 1], b[:, : t + 1]) for a, b in pairs)
     return {"causal": change <= tol, "max_relative_change": change, "position": t}
+
+
+def _relative_change(before: Tensor, after: Tensor) -> float:
+    return (before - after).abs().max().item() / (before.abs().max().item() + 1e-8)

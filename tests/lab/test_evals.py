@@ -129,10 +129,19 @@ def test_reference_sae_looks_good(reference_blocks):
     assert 0 < metrics(reference_blocks, "temporal", "temporal")["consistency_short"] <= 1
 
 
+class LookAheadDecoderSAE(PCASAE):
+    """Causal encoder, but the decoder blends in the next token's code."""
+
+    def decode(self, f: Tensor) -> Tensor:
+        ahead = torch.cat([f[:, 1:], f[:, -1:]], 1)
+        return super().decode(0.5 * (f + ahead))
+
+
 def test_future_mixing_sae_is_flagged(caches, reference):
     x = caches[1].acts[:2].float()
-    mixing = FutureMixingSAE(caches[0].acts.float().flatten(0, 1), k=64)
-    assert not check_causal(mixing, x)["causal"]
+    train = caches[0].acts.float().flatten(0, 1)
+    assert not check_causal(FutureMixingSAE(train, k=64), x)["causal"]
+    assert not check_causal(LookAheadDecoderSAE(train, k=64), x)["causal"]
     assert check_causal(reference, x)["causal"]
 
 
