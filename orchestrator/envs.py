@@ -22,6 +22,8 @@ import venv
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+STARTED_AT = "SCIENTIST_STARTED_AT"  # epoch seconds the command began, set before re-exec
+ENV_SECONDS = "SCIENTIST_ENV_SECONDS"  # seconds spent checking or building the environments
 VENVS = Path(os.environ.get("SCIENTIST_VENVS", REPO / ".venvs"))
 EXTRAS = {"orch": "orch", "lab": "lab"}  # venv name -> pyproject extra
 REEXEC_FLAG = "SCIENTIST_IN_ORCH_VENV"
@@ -102,11 +104,14 @@ def ensure_and_reexec() -> None:
     in_orch = Path(sys.prefix).resolve() == (VENVS / "orch").resolve()
     if os.environ.get(REEXEC_FLAG) == "1" or in_orch:
         return
+    start = time.time()
     try:
         ensure()
     except SetupError as err:
         sys.exit(f"error: {err}")
     os.environ[REEXEC_FLAG] = "1"
+    os.environ[STARTED_AT] = str(start)  # the loop's wall-time table counts from here
+    os.environ[ENV_SECONDS] = str(time.time() - start)
     os.execv(str(target), [str(target), *sys.argv])
 
 

@@ -23,11 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shlex
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,12 +39,19 @@ from rich import get_console
 from rich.panel import Panel
 
 from orchestrator import llm
-from orchestrator.envs import SetupError
+from orchestrator.envs import ENV_SECONDS, STARTED_AT, SetupError
 from orchestrator.ideas import IDEAS_DIR, Idea, load_idea
 from orchestrator.journal import Journal
 from orchestrator.llm import LLMChoice
 from orchestrator.replay_server import END_MARKER, ReplayServer
-from orchestrator.report import collect_runs, llm_usage, make_plots, summary_table, write_notes
+from orchestrator.report import (
+    collect_runs,
+    llm_usage,
+    make_plots,
+    phase_table,
+    summary_table,
+    write_notes,
+)
 from orchestrator.runner import expand_command, run_experiment
 from orchestrator.templates import TemplateSpec, load_template
 from orchestrator.validate import Verdict, validate_run
@@ -104,6 +114,7 @@ class Session:
     failures: int = 0  # consecutive failed tries of run_number
     notice: str = ""  # a guard notice waiting to go out with the next prompt
     server: ReplayServer | None = field(default=None, repr=False)
+    phases: dict[str, float] = field(default_factory=dict)  # this invocation's seconds by phase
 
     @property
     def run_name(self) -> str:
@@ -125,7 +136,11 @@ class Session:
 
 def run(settings: Settings) -> Path:
     """Run (or resume) the loop; returns the workspace directory."""
+    started = float(os.environ.get(STARTED_AT) or time.time())
+    environments = float(os.environ.get(ENV_SECONDS) or 0.0)
     session = _resume(settings) if settings.resume else _start(settings)
+    session.phases["environments"] = environments
+    session.phases["started_at"] = started
     _announce(session)
     try:
         with _endpoint(session) as api_base:
@@ -171,6 +186,7 @@ def _start(settings: Settings) -> Session:
     choice = llm.choose(
         idea.name, settings.ideas_dir, settings.model, settings.api_base, settings.replay
     )
+    setup_seconds = _setup(spec)
     ws = Workspace.create(template_dir, idea.name, settings.results_dir, spec.editable_files)
     journal = Journal(ws.journal_path)
     journal.append(
@@ -188,7 +204,10 @@ def _start(settings: Settings) -> Session:
         timeout=settings.timeout,
         pristine=ws.pristine,
     )
-    return Session(ws, load_template(ws.root), idea, journal, choice, settings)
+    journal.append("setup", seconds=round(setup_seconds, 3))
+    session = Session(ws, load_template(ws.root), idea, journal, choice, settings)
+    session.phases["lab caches"] = setup_seconds
+    return session
 
 
 def _replayed_idea(replay: Path | None) -> str | None:
@@ -217,6 +236,8 @@ def _resume(settings: Settings) -> Session:
     spec = load_template(ws.root)
     session = Session(ws, spec, idea, journal, _resumed_choice(settings, start, journal), recorded)
     session.run_number, session.failures = _progress(journal)
+    session.phases["lab caches"] = _setup(spec)
+    journal.append("setup", seconds=round(session.phases["lab caches"], 3))
     console.print(f"[bold]resuming[/] {ws.root} at {session.run_name}")
     return session
 
@@ -254,6 +275,26 @@ def _baseline_gate(spec: TemplateSpec) -> Verdict:
             "and commit it with the template"
         )
     return verdict
+
+
+def _setup(spec: TemplateSpec) -> float:
+    """Run the template's setup command (shared caches, built once); returns its seconds.
+
+    Its output goes straight to the terminal so its own progress bars show; it is run on
+    every start and resume and is expected to skip what is already built.
+    """
+    if not spec.setup_command:
+        return 0.0
+    command = expand_command(spec.setup_command, spec)
+    console.rule("lab setup: shared caches")
+    start = time.perf_counter()
+    returncode = subprocess.run(command, cwd=spec.root, check=False).returncode
+    if returncode != 0:
+        raise LoopError(
+            f"lab setup failed (exit {returncode}; its message is above): fix it and run again, "
+            f"finished caches are kept. The command: cd {spec.root} && {shlex.join(command)}"
+        )
+    return time.perf_counter() - start
 
 
 def _progress(journal: Journal) -> tuple[int, int]:
@@ -579,14 +620,40 @@ def _banner(session: Session) -> str | None:
 
 def _report(session: Session) -> None:
     ws, spec, journal = session.ws.root, session.spec, session.journal
+    start = time.perf_counter()
     notes = write_notes(ws, spec, journal, session.idea.raw, replay_banner=_banner(session))
     plots = make_plots(ws, spec, journal, live=session.live)
     tokens, cost = llm_usage(journal)
     table = summary_table(collect_runs(ws, spec, journal), tokens, cost, _wall_seconds(journal))
+    session.phases["notes and plots"] = time.perf_counter() - start
     console.print(table)
     console.print(f"notes: {notes}")
     for plot in plots:
         console.print(f"plot: {plot}")
+    console.print(phase_table(_phase_seconds(session)))
+
+
+def _phase_seconds(session: Session) -> dict[str, float]:
+    """Where this invocation's wall time went: setup, agent turns, runs, report, the rest."""
+    phases = dict(session.phases)
+    started = phases.pop("started_at")
+    since = datetime.fromtimestamp(started, UTC)
+    entries = [e for e in session.journal.entries() if datetime.fromisoformat(e["ts"]) >= since]
+    runs = [e["seconds"] for e in entries if e["kind"] == "run"]
+    phases[f"experiment runs ({len(runs)})"] = sum(runs)
+    asked = None
+    phases["agent turns (aider + LLM)"] = 0.0
+    for entry in entries:
+        if entry["kind"] == "prompt":
+            asked = datetime.fromisoformat(entry["ts"])
+        elif entry["kind"] == "response" and asked is not None:
+            reply = datetime.fromisoformat(entry["ts"])
+            phases["agent turns (aider + LLM)"] += (reply - asked).total_seconds()
+            asked = None
+    total = time.time() - started
+    phases["other (git, validation, start-up)"] = max(0.0, total - sum(phases.values()))
+    phases["total"] = total
+    return phases
 
 
 def _wall_seconds(journal: Journal) -> float:

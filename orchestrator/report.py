@@ -222,6 +222,18 @@ def summary_table(runs: list[RunRecord], tokens: int, cost: float, wall_seconds:
     return table
 
 
+def phase_table(phases: dict[str, float]) -> Table:
+    """Wall time of one invocation by phase, the last row being the total."""
+    table = Table(title="Wall time by phase")
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    table.add_column("minutes", justify="right")
+    for name, seconds in phases.items():
+        style = "bold" if name == "total" else ""
+        table.add_row(name, f"{seconds:.0f}", f"{seconds / 60:.1f}", style=style)
+    return table
+
+
 def format_number(value: Any) -> str:
     """A metric as recorded: full precision (repr), so notes match final_info.json exactly."""
     if value is None:

@@ -52,6 +52,7 @@ class TemplateSpec:
     editable_files: list[str]
     run_command: list[str]
     plot_command: list[str] | None
+    setup_command: list[str] | None  # builds shared caches once, before any run; run every start
     python: str  # "lab" | "current"
     timeout_seconds: float
     result_file: str
@@ -87,6 +88,7 @@ def load_template(template_dir: Path) -> TemplateSpec:
         editable_files=_str_list(raw, "editable_files", bad),
         run_command=_str_list(raw, "run_command", bad),
         plot_command=_str_list(raw, "plot_command", bad) if raw.get("plot_command") else None,
+        setup_command=_str_list(raw, "setup_command", bad) if raw.get("setup_command") else None,
         python=_typed(raw, "python", str, bad, default="lab"),
         timeout_seconds=float(_typed(raw, "timeout_seconds", (int, float), bad, default=1800)),
         result_file=_typed(raw, "result_file", str, bad, default="final_info.json"),

@@ -307,3 +307,34 @@ def test_resume_killed_after_the_closing_commit_just_ends(run_loop, reply):
     assert [e["kind"] for e in Journal(journal).entries()][-2:] == ["commit", "end"]
     assert kinds(ws, "end")[-1]["reason"] == "agent answered ALL_COMPLETED"
     assert len(kinds(ws, "run")) == 1 and len(server.requests) == 2
+
+
+def test_setup_runs_first_and_the_phase_table_adds_up(run_loop, reply, capfd):
+    responses = [
+        set_knob(reply, "More steps.", "steps", "300"),
+        reply("Done.", tail="ALL_COMPLETED"),
+    ]
+    ws, _ = run_loop(responses, max_runs=1)
+    journal = Journal(ws / "journal.jsonl").entries()
+    assert [e["kind"] for e in journal[:2]] == ["start", "setup"]
+    out = capfd.readouterr().out
+    assert "tiny: no shared caches to build" in out
+    assert "Wall time by phase" in out and "experiment runs (1)" in out
+    total = float(out.split("total")[-1].split()[1].strip("│"))
+    assert total >= kinds(ws, "run")[0]["seconds"]
+
+
+def test_failing_setup_is_one_line_and_creates_no_workspace(tmp_path, run_loop, reply):
+    import shutil
+
+    from orchestrator import loop
+
+    templates = tmp_path / "templates"
+    shutil.copytree(EXPERIMENT.parent, templates / "tiny")
+    raw = json.loads((templates / "tiny/template.json").read_text())
+    raw["setup_command"] = ["{python}", "-c", "import sys; sys.exit(3)"]
+    (templates / "tiny/template.json").write_text(json.dumps(raw))
+    with pytest.raises(loop.LoopError, match=r"lab setup failed \(exit 3") as err:
+        run_loop([reply("unused")], templates_dir=templates)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
