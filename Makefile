@@ -21,3 +21,12 @@ lint: setup
 
 run: setup
 	$(PY) launch_scientist.py --idea temporal_sae
+
+# run_0 of the temporal_sae template, trained and validated for real (~10 min on 2 CPU cores).
+baseline: setup
+	$(LAB) -m saelab.prepare
+	$(LAB) templates/temporal_sae/make_baseline.py
+
+bench: setup
+	$(LAB) benchmarks/harvest.py
+	$(LAB) benchmarks/evals.py

@@ -13,33 +13,16 @@ from __future__ import annotations
 import argparse
 import shutil
 
-import torch
 from rich.console import Console
 from rich.table import Table
-from torch import Tensor
 
 from saelab.activations import harvest
 from saelab.cache import cache_dir
 from saelab.evals import EVALS, EvalConfig, common, run_evals
+from saelab.evals.reference import PCASAE
 from saelab.models import load_model
 
 console = Console()
-
-
-class PCASAE:
-    def __init__(self, x: Tensor, k: int):
-        self.mean = x.mean(0)
-        torch.manual_seed(0)
-        _, _, self.basis = torch.pca_lowrank(x - self.mean, q=k, center=False)
-        self.d_in, self.d_sae = x.shape[1], 2 * k
-
-    def encode(self, x: Tensor) -> Tensor:
-        z = (x - self.mean) @ self.basis
-        return torch.cat([z.relu(), (-z).relu()], -1)
-
-    def decode(self, f: Tensor) -> Tensor:
-        k = self.basis.shape[1]
-        return (f[..., :k] - f[..., k:]) @ self.basis.T + self.mean
 
 
 def main() -> None:

@@ -13,28 +13,11 @@ from torch import Tensor
 
 from saelab.activations import ActivationCache, harvest
 from saelab.evals import EvalConfig, Normalized, check_causal, run_evals
+from saelab.evals.reference import PCASAE
 from saelab.models import LanguageModel
 
 LAYER = 6
 CONFIG = EvalConfig().tiny()
-
-
-class PCASAE:
-    """Top principal directions, split into +/- ReLU halves: a sparse-ish, faithful code."""
-
-    def __init__(self, x: Tensor, k: int):
-        self.mean = x.mean(0)
-        torch.manual_seed(0)  # pca_lowrank is randomised
-        _, _, self.basis = torch.pca_lowrank(x - self.mean, q=k, center=False)  # (D, k)
-        self.d_in, self.d_sae = x.shape[1], 2 * k
-
-    def encode(self, x: Tensor) -> Tensor:
-        z = (x - self.mean) @ self.basis
-        return torch.cat([z.relu(), (-z).relu()], -1)
-
-    def decode(self, f: Tensor) -> Tensor:
-        k = self.basis.shape[1]
-        return (f[..., :k] - f[..., k:]) @ self.basis.T + self.mean
 
 
 class ZeroSAE:
