@@ -106,6 +106,9 @@ def test_ctrl_c_in_the_orchestrator_kills_the_child_group(tmp_path):
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell that started us in the background (nohup cmd &) ignores SIGINT, and Python
+        # keeps an ignored SIGINT ignored: give the child the default so Ctrl-C is Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     leader, grandchild = _wait_for_lines(pids, 2)
     proc.send_signal(signal.SIGINT)
