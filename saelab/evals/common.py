@@ -48,10 +48,13 @@ class EvalConfig:
     unlearn_questions: int = 40  # per domain (forget, retain), before keeping the known ones
     unlearn_texts: int = 64  # forget / retain texts for latent firing frequencies
     unlearn_seq_len: int = 64
-    unlearn_n_features: tuple[int, ...] = (10, 20)
-    unlearn_multipliers: tuple[float, ...] = (25.0, 50.0)
-    unlearn_retain_sparsity: float = 0.01  # only latents firing on < 1% of retain tokens
-    unlearn_retain_threshold: float = 0.95  # configs must keep retain accuracy at or above this
+    # the intervention grid (SAEBench's shape); calibrated on Gemma 3 270M layer 6, where 20
+    # latents at retain sparsity 0.01 already cost 40% of the retain answers
+    unlearn_n_features: tuple[int, ...] = (5, 10, 20)
+    unlearn_multipliers: tuple[float, ...] = (10.0, 25.0)
+    unlearn_retain_sparsities: tuple[float, ...] = (0.001, 0.01)  # max retain firing rate
+    # 0.95: at most one of the ~35 known retain questions may flip (SAEBench: 0.99 on 2B-it)
+    unlearn_retain_threshold: float = 0.95
     unlearn_format: str = "likelihood"  # "likelihood" (option log-prob) | "letters" (A-D)
     # temporal
     temporal_seqs: int = 32
@@ -70,7 +73,8 @@ class EvalConfig:
             unlearn_texts=8,
             unlearn_seq_len=32,
             unlearn_n_features=(10,),
-            unlearn_multipliers=(50.0,),
+            unlearn_multipliers=(25.0,),
+            unlearn_retain_sparsities=(0.01,),
             temporal_seqs=8,
         )
 
@@ -181,11 +185,13 @@ def _load_residuals(path: Path, shape: tuple[int, ...]) -> Tensor | None:
 def splice(sae: SAELike, resid: Tensor, keep_error: bool = False, edit=None) -> Tensor:  # noqa: ANN001
     """Residuals with positions 1.. replaced by the SAE reconstruction; BOS kept untouched.
 
-    keep_error adds back x - x_hat, so only `edit` (a function of the latents) changes them.
+    keep_error keeps x and adds only what `edit` (a function of the latents) changes in the
+    reconstruction, so a row whose latents the edit leaves alone comes back bit-identical.
     """
     x = resid[:, 1:].float()
     f = sae.encode(x)
-    x_hat = sae.decode(edit(f) if edit is not None else f)
     if keep_error:
-        x_hat = x_hat + (x - sae.decode(f))
+        x_hat = x + (sae.decode(edit(f)) - sae.decode(f)) if edit is not None else x
+    else:
+        x_hat = sae.decode(edit(f) if edit is not None else f)
     return torch.cat([resid[:, :1].float(), x_hat], dim=1)

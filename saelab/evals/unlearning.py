@@ -3,7 +3,7 @@
 Metrics (eval_result_metrics["unlearning"]):
     unlearning_score: 1 - forget accuracy of the best intervention whose retain accuracy stays
         >= unlearn_retain_threshold (0 when none qualifies or no latent fires)
-    forget_accuracy, retain_accuracy, n_features, multiplier: that intervention
+    forget_accuracy, retain_accuracy, n_features, multiplier, retain_sparsity: that intervention
     retain_threshold, n_qualifying_configs, n_forget_questions, n_retain_questions (known ones)
 Answers are scored by option log-likelihood (sum over the option's tokens) or, with
 unlearn_format="letters", by the letter after a lettered list, right under every cyclic
@@ -46,8 +46,11 @@ def run_unlearning(sae: SAELike, model: LanguageModel, layer: int, config: EvalC
     forget_freq = latent_frequency(sae, model, layer, forget_texts(config.unlearn_texts), config)
     retain_freq = latent_frequency(sae, model, layer, retain_texts(config.unlearn_texts), config)
     results = []
-    for n, mult in itertools.product(config.unlearn_n_features, config.unlearn_multipliers):
-        latents = select_latents(forget_freq, retain_freq, n, config.unlearn_retain_sparsity)
+    grid = itertools.product(
+        config.unlearn_retain_sparsities, config.unlearn_n_features, config.unlearn_multipliers
+    )
+    for sparsity, n, mult in grid:
+        latents = select_latents(forget_freq, retain_freq, n, sparsity)
         edit = _clamp(latents, mult)
         acc = {
             d: _accuracy(
@@ -57,6 +60,7 @@ def run_unlearning(sae: SAELike, model: LanguageModel, layer: int, config: EvalC
         }
         results.append(
             {
+                "retain_sparsity": sparsity,
                 "n_features": n,
                 "multiplier": mult,
                 "n_latents_found": len(latents),
@@ -76,6 +80,7 @@ def run_unlearning(sae: SAELike, model: LanguageModel, layer: int, config: EvalC
         "forget_accuracy": best["forget_accuracy"] if best else None,
         "retain_accuracy": best["retain_accuracy"] if best else None,
         "n_features": best["n_features"] if best else None,
+        "retain_sparsity": best["retain_sparsity"] if best else None,
         "multiplier": best["multiplier"] if best else None,
         "retain_threshold": config.unlearn_retain_threshold,
         "n_qualifying_configs": len(qualifying),
@@ -163,6 +168,7 @@ class _Scorer:
             self.mask[row, : len(seq)] = 1
             self.spans.append((1 + len(context), len(seq)))
         self.resid = residuals_batched(model, self.ids, self.mask, layer, self.batch_size)
+        self.clean: Tensor | None = None  # clean scores, filled on first use
 
     def _encode(self, context: str, option: str) -> tuple[list[int], list[int]]:
         tok = self.model.tokenizer
@@ -172,19 +178,37 @@ class _Scorer:
 
     @torch.no_grad()
     def correct(self, edit_resid) -> list[bool]:  # noqa: ANN001 - resid -> resid, or None
-        scores = torch.empty(len(self.spans))
-        for i in range(0, len(self.spans), self.batch_size):
-            rows = slice(i, i + self.batch_size)
-            resid = self.resid[rows] if edit_resid is None else edit_resid(self.resid[rows])
-            logp = self.model.logits_from(resid, self.layer, self.mask[rows]).float()
-            logp = logp.log_softmax(-1).cpu()
-            for j, (start, end) in enumerate(self.spans[rows]):
-                targets = self.ids[i + j, start:end]
-                scores[i + j] = logp[j, start - 1 : end - 1].gather(-1, targets[:, None]).sum()
+        """Per question: right under every view, with `edit_resid` applied (None: clean)."""
+        scores = self._scores(edit_resid)
         return [
             all(int(scores[s : s + n].argmax()) == answer for s, n, answer in views)
             for views in self.groups
         ]
+
+    def _scores(self, edit_resid) -> Tensor:  # noqa: ANN001
+        """Log-likelihood of each (context, option) pair. Rows the edit leaves bit-identical
+        keep their clean score: clamping rare latents touches few rows, and the upper layers
+        with the 262k-vocab head are the whole cost."""
+        if edit_resid is not None and self.clean is None:
+            self.clean = self._scores(None)
+        scores = torch.empty(len(self.spans)) if edit_resid is None else self.clean.clone()
+        for i in range(0, len(self.spans), self.batch_size):
+            rows = torch.arange(i, min(i + self.batch_size, len(self.spans)))
+            resid = self.resid[rows] if edit_resid is None else edit_resid(self.resid[rows])
+            if edit_resid is not None:
+                changed = (resid != self.resid[rows]).flatten(1).any(1)
+                rows, resid = rows[changed], resid[changed]
+                if len(rows) == 0:
+                    continue
+            logp = self.model.logits_from(resid, self.layer, self.mask[rows]).float()
+            logp = logp.log_softmax(-1).cpu()
+            for j, row in enumerate(rows.tolist()):
+                start, end = self.spans[row]
+                targets = self.ids[row, start:end]
+                scores[row] = logp[j, start - 1 : end - 1].gather(-1, targets[:, None]).sum()
+        if edit_resid is None:
+            self.clean = scores
+        return scores
 
 
 def _views(q: MCQuestion, fmt: str) -> list[tuple[str, list[str], int]]:

@@ -181,3 +181,13 @@ def test_a_truncated_cache_file_is_rebuilt(lm, tmp_cache, monkeypatch):
     path.write_bytes(path.read_bytes()[:100])  # a full disk or a kill mid-copy
     monkeypatch.setattr(common, "_MEMO", {})
     assert torch.equal(common.residuals_batched(lm, ids, mask, LAYER, batch_size=1), first)
+
+
+def test_an_edit_that_changes_no_latent_leaves_the_residuals_bit_identical(caches, reference):
+    """What lets unlearning skip the rows a clamp does not touch."""
+    from saelab.evals.common import splice
+
+    resid = caches[1].acts[:2].float()
+    assert torch.equal(splice(reference, resid, keep_error=True, edit=lambda f: f), resid)
+    clamped = splice(reference, resid, keep_error=True, edit=lambda f: f * 0)
+    assert not torch.equal(clamped, resid) and torch.equal(clamped[:, 0], resid[:, 0])
