@@ -635,8 +635,10 @@ def _report(session: Session) -> None:
 
 def _phase_seconds(session: Session) -> dict[str, float]:
     """Where this invocation's wall time went: setup, agent turns, runs, report, the rest."""
-    phases = dict(session.phases)
-    started = phases.pop("started_at")
+    recorded = dict(session.phases)
+    started = recorded.pop("started_at")
+    order = ("environments", "lab caches")
+    phases = {name: recorded.pop(name) for name in order if name in recorded}
     since = datetime.fromtimestamp(started, UTC)
     entries = [e for e in session.journal.entries() if datetime.fromisoformat(e["ts"]) >= since]
     runs = [e["seconds"] for e in entries if e["kind"] == "run"]
@@ -651,6 +653,7 @@ def _phase_seconds(session: Session) -> dict[str, float]:
             phases["agent turns (aider + LLM)"] += (reply - asked).total_seconds()
             asked = None
     total = time.time() - started
+    phases |= recorded  # notes and plots
     phases["other (git, validation, start-up)"] = max(0.0, total - sum(phases.values()))
     phases["total"] = total
     return phases

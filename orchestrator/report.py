@@ -202,24 +202,31 @@ def make_plots(
 
 
 def summary_table(runs: list[RunRecord], tokens: int, cost: float, wall_seconds: float) -> Table:
-    """The closing table: one row per run attempt, key metrics as columns, totals below."""
+    """The closing table: one column per run attempt, one row per key metric, totals below.
+
+    Runs as columns keep it readable at 80 columns with a dozen metrics; numbers are shown to
+    4 significant digits here (notes.txt has them in full).
+    """
     names = list(dict.fromkeys(name for run in runs for name in run.metrics))
     table = Table(
         title="Runs",
         caption=f"{tokens:,} LLM tokens, ${cost:.4f}, wall {wall_seconds / 60:.1f} min",
     )
-    for column in ("run", "verdict", "seconds", *names):
-        table.add_column(column, justify="left" if column in ("run", "verdict") else "right")
+    table.add_column("")
     for run in runs:
-        style = "green" if run.status == "ok" else "red"
-        attempt = f" #{run.attempt}" if run.attempt else ""
-        table.add_row(
-            run.name + attempt,
-            f"[{style}]{run.label}[/]",
-            "" if run.seconds is None else f"{run.seconds:.0f}",
-            *(format_number(run.metrics.get(name)) for name in names),
-        )
+        table.add_column(run.name + (f" #{run.attempt}" if run.attempt else ""), justify="right")
+    verdicts = [f"[{'green' if run.status == 'ok' else 'red'}]{run.label}[/]" for run in runs]
+    table.add_row("verdict", *verdicts)
+    table.add_row("seconds", *("" if r.seconds is None else f"{r.seconds:.0f}" for r in runs))
+    for name in names:
+        table.add_row(name, *(_short_number(run.metrics.get(name)) for run in runs))
     return table
+
+
+def _short_number(value: Any) -> str:
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.4g}"
+    return format_number(value)
 
 
 def phase_table(phases: dict[str, float]) -> Table:

@@ -187,4 +187,6 @@ def test_summary_table_lists_runs_verdicts_metrics_and_totals(workspace, tmp_pat
     text = console.export_text()
     for expected in ("run_0", "run_1 #1", "run_2 #2", "VALID", "CRASHED", "INVALID", "0.91"):
         assert expected in text
+    # one column per run attempt, one row per metric; 4 significant digits in the table
+    assert "0.009877" in text and "0.0098765432101" not in text
     assert "175 LLM tokens, $0.0100, wall 1.5 min" in text
