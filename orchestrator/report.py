@@ -124,7 +124,7 @@ def _attempt_record(
         "ok": bool(fresh and fresh.ok),
         "problems": fresh.problems if fresh else [],
     }
-    analysis = str(response.get("text", "")) if response else ""
+    analysis = without_edit_blocks(str(response.get("text", ""))) if response else ""
     status = done.get("status", "invalid")
     return RunRecord(
         name=name,
@@ -199,6 +199,22 @@ def make_plots(
             return produced
     runs = _latest_per_name(collect_runs(workspace, spec, journal))
     return _fallback_plots(workspace, spec, runs)
+
+
+# an aider SEARCH/REPLACE block, with the file name on the line before its fence
+EDIT_BLOCK = re.compile(
+    r"^(?:(?P<path>[^\s`]+)\n)?```[^\n]*\n<<<<<<< SEARCH\n.*?^>>>>>>> REPLACE\n```",
+    re.DOTALL | re.MULTILINE,
+)
+
+
+def without_edit_blocks(text: str) -> str:
+    """The agent's prose with each edit block shortened to one line (git log has the diffs)."""
+
+    def one_line(match: re.Match) -> str:
+        return f"[edit to {match['path'] or 'a file'}: the diff is in git log]"
+
+    return EDIT_BLOCK.sub(one_line, text)
 
 
 def summary_table(runs: list[RunRecord], tokens: int, cost: float, wall_seconds: float) -> Table:

@@ -190,3 +190,17 @@ def test_summary_table_lists_runs_verdicts_metrics_and_totals(workspace, tmp_pat
     # one column per run attempt, one row per metric; 4 significant digits in the table
     assert "0.009877" in text and "0.0098765432101" not in text
     assert "175 LLM tokens, $0.0100, wall 1.5 min" in text
+
+
+def test_edit_blocks_are_shortened_in_the_agent_analysis():
+    from orchestrator.report import without_edit_blocks
+
+    reply = (
+        "Raise the learning rate.\n\nexperiment.py\n```python\n<<<<<<< SEARCH\nlr = 1\n=======\n"
+        "lr = 2\n>>>>>>> REPLACE\n```\n\nThen compare with run_0."
+    )
+    assert without_edit_blocks(reply) == (
+        "Raise the learning rate.\n\n[edit to experiment.py: the diff is in git log]\n\n"
+        "Then compare with run_0."
+    )
+    assert without_edit_blocks("No edits, just analysis.") == "No edits, just analysis."
