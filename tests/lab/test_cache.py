@@ -52,3 +52,20 @@ def test_file_lock_serializes_processes(tmp_path: Path) -> None:
     for p in procs:
         p.join(timeout=30)
     assert log.read_text().split() == ["start", "end", "start", "end"]
+
+
+def test_a_full_disk_is_refused_before_any_build(tmp_cache, monkeypatch, capsys):
+    import collections
+
+    from saelab import prepare
+    from saelab.cache import SaelabError
+
+    with pytest.raises(SaelabError, match="GB free under .* set SAELAB_CACHE") as err:
+        prepare.check_disk_space(min_free_gb=1e9)
+    assert "\n" not in str(err.value)
+    prepare.check_disk_space(min_free_gb=0.0)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(prepare.shutil, "disk_usage", lambda _: usage(10**9, 10**9, 10**8))
+    assert prepare.main([]) == 2  # one line on stderr, exit 2, nothing built
+    assert "0.1 GB free" in capsys.readouterr().err
+    assert not (tmp_cache / "models").exists()
