@@ -67,6 +67,8 @@ def choose(
     if api_base and not model:
         raise LLMError("--api-base needs --model too, e.g. --model openai/qwen2.5-coder")
     if model:
+        if not api_base:
+            check_routable(model)
         key = env.get("OPENAI_API_KEY", LOCAL_API_KEY) if api_base else None
         return LLMChoice(model, source="--model", api_base=api_base, api_key=key)
     for var, default in PROVIDER_DEFAULTS:
@@ -80,6 +82,20 @@ def choose(
         f"no LLM configured and idea '{idea_name}' has no playbook: set one of {keys}, "
         "or pass --model (and --api-base for a local server), or --replay <journal.jsonl>"
     )
+
+
+def check_routable(model: str) -> None:
+    """Fail now, in one line, on a model name litellm cannot route to any provider."""
+    import litellm  # seconds to import; only a --model run pays it here
+
+    try:
+        litellm.get_llm_provider(model)
+    except Exception as err:  # litellm raises its own BadRequestError subclasses here
+        raise LLMError(
+            f"unknown model {model!r}: litellm cannot tell its provider; write provider/model "
+            "(e.g. anthropic/claude-sonnet-4-5, openai/gpt-4.1) or add --api-base for a "
+            "local OpenAI-compatible server"
+        ) from err
 
 
 def replay_choice(path: Path, source: str) -> LLMChoice:

@@ -103,3 +103,15 @@ def test_list_ideas_cli(launch_args):
     )
     assert missing.returncode == 2
     assert missing.stderr.strip() == f"error: idea 'nope' not found in {IDEAS}; available: tiny_lr"
+
+
+def test_an_unroutable_model_is_one_line(launch_args):
+    with pytest.raises(llm.LLMError, match="unknown model 'nonsense'") as err:
+        llm.choose("tiny_lr", IDEAS, model="nonsense", env={})
+    assert "\n" not in str(err.value)
+    assert llm.choose("tiny_lr", IDEAS, model="nonsense", api_base="http://h/v1", env={})
+    done = subprocess.run(
+        launch_args("--idea", "tiny_lr", "--model", "nonsense"), capture_output=True, text=True
+    )
+    assert done.returncode == 2 and done.stderr.startswith("error: unknown model 'nonsense'")
+    assert "Traceback" not in done.stderr
