@@ -31,6 +31,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument("--idea", help="idea name: ideas/<name>.json")
     what.add_argument("--list-ideas", action="store_true", help="print the available ideas")
     what.add_argument("--resume", type=Path, metavar="WORKSPACE", help="continue a workspace")
+    what.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start a new workspace even if this idea has an unfinished one (default: resume it)",
+    )
     llm = p.add_argument_group("which LLM (default: a provider key in the environment)")
     llm.add_argument("--model", help="litellm model name, e.g. anthropic/claude-sonnet-4-5")
     llm.add_argument("--api-base", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1")
@@ -73,6 +78,11 @@ def print_ideas(ideas_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    if args.idea and not (args.resume or args.replay or args.fresh or args.list_ideas):
+        # running the same command again after Ctrl-C continues where it stopped
+        args.resume = loop.find_unfinished(args.results_dir, args.idea)
+        if args.resume:
+            print(f"resuming the unfinished workspace {args.resume} (--fresh starts a new one)")
     settings = loop.Settings(
         idea=args.idea,
         resume=args.resume,

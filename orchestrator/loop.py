@@ -210,6 +210,16 @@ def _start(settings: Settings) -> Session:
     return session
 
 
+def find_unfinished(results_dir: Path, idea: str) -> Path | None:
+    """The newest workspace of `idea` that was started and never ended (Ctrl-C, kill, crash)."""
+    for path in sorted(Path(results_dir).glob(f"*_{idea}*/journal.jsonl"), reverse=True):
+        journal = Journal(path)
+        start = journal.last("start")
+        if start is not None and start.get("idea") == idea and journal.last("end") is None:
+            return path.parent
+    return None
+
+
 def _replayed_idea(replay: Path | None) -> str | None:
     """A replayed journal knows its idea, so --replay <journal.jsonl> needs no --idea."""
     if replay is None or Path(replay).suffix != ".jsonl" or not Path(replay).is_file():

@@ -338,3 +338,16 @@ def test_failing_setup_is_one_line_and_creates_no_workspace(tmp_path, run_loop, 
         run_loop([reply("unused")], templates_dir=templates)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_the_same_command_again_finds_the_unfinished_workspace(run_loop, reply, tmp_path):
+    from orchestrator import loop
+
+    ws, _ = run_loop([reply("Done.", tail="ALL_COMPLETED")], max_runs=1)
+    results = tmp_path / "results"
+    assert loop.find_unfinished(results, "tiny_lr") is None  # it ended
+    journal = ws / "journal.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    journal.write_text("".join(line for line in lines if '"kind": "end"' not in line))
+    assert loop.find_unfinished(results, "tiny_lr") == ws  # as after Ctrl-C
+    assert loop.find_unfinished(results, "other_idea") is None
