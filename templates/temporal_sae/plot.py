@@ -99,9 +99,9 @@ def plot_frontier(runs: dict[str, dict]) -> None:
     for run, info in runs.items():
         l0, ev = lookup(info, L0_PATH), lookup(info, EV_PATH)
         if l0 is not None and ev is not None:
-            ax.scatter(l0, ev, s=50)
-            ax.annotate(label(run), (l0, ev), textcoords="offset points", xytext=(5, 5))
+            ax.scatter(l0, ev, s=50, label=label(run))  # a legend: close runs overlap as text
     ax.set(xlabel="L0 (active latents per token)", ylabel="explained variance")
+    ax.legend(loc="best", fontsize="small")
     ax.set_title("Sparsity-reconstruction frontier")
     ax.grid(alpha=0.3)
     fig.tight_layout()
