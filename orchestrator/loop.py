@@ -246,8 +246,9 @@ def _resume(settings: Settings) -> Session:
     spec = load_template(ws.root)
     session = Session(ws, spec, idea, journal, _resumed_choice(settings, start, journal), recorded)
     session.run_number, session.failures = _progress(journal)
-    session.phases["lab caches"] = _setup(spec)
-    journal.append("setup", seconds=round(session.phases["lab caches"], 3))
+    if journal.last("end") is None:  # an ended workspace only gets its report rewritten
+        session.phases["lab caches"] = _setup(spec)
+        journal.append("setup", seconds=round(session.phases["lab caches"], 3))
     console.print(f"[bold]resuming[/] {ws.root} at {session.run_name}")
     return session
 

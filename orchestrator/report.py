@@ -253,7 +253,7 @@ def phase_table(phases: dict[str, float]) -> Table:
     table.add_column("minutes", justify="right")
     for name, seconds in phases.items():
         style = "bold" if name == "total" else ""
-        table.add_row(name, f"{seconds:.0f}", f"{seconds / 60:.1f}", style=style)
+        table.add_row(name, f"{seconds:.1f}", f"{seconds / 60:.1f}", style=style)
     return table
 
 
