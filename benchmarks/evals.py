@@ -22,7 +22,7 @@ from saelab.evals import EVALS, EvalConfig, common, run_evals
 from saelab.evals.reference import PCASAE
 from saelab.models import load_model
 
-console = Console()
+console = Console(width=130)  # the table is wider than a log's default 80 columns
 
 
 def main() -> None:
