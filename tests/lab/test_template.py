@@ -203,6 +203,13 @@ def test_an_all_zero_sae_fails_the_rules(ex, tiny_run):
     assert EV in failed and L0 in failed
 
 
+def test_a_sae_that_reads_future_tokens_fails_the_rules(tiny_run):
+    info = json.loads((tiny_run / "final_info.json").read_text())
+    info["core"]["eval_result_metrics"]["misc"]["causal"] = 0.0  # as check_causal reports it
+    verdict = validate_result(info, load_template(TEMPLATE))
+    assert not verdict.ok and "reads future tokens" in "\n".join(verdict.problems)
+
+
 def test_plot_writes_readable_pngs(tiny_run, tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("plot", TEMPLATE / "plot.py")
     plot = importlib.util.module_from_spec(spec)
