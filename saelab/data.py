@@ -39,7 +39,7 @@ from typing import Any
 from rich.console import Console
 
 from saelab.cache import SaelabError, cache_dir, file_lock
-from saelab.datasets import bigbench, code, facts
+from saelab.datasets import bigbench, code, facts, hub
 from saelab.datasets.store import cached_artefact, read_artefact, verified_digest, write_artefact
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class MCQuestion:
     prompt: str  # "The capital of Peru is"
     options: list[str]  # continuations with a leading space: [" Lima", ...]
     answer: int  # index of the correct option
-    domain: str  # "forget" | "retain"
+    domain: str  # "forget" | "retain" | the hf:... name it came from
     subject: str  # "hpo_organ", "icd10_chapter", "capitals", "city_country", "elements"
 
 
@@ -104,14 +104,14 @@ class MCQuestion:
 def load_corpus(name: str = "offline-mix") -> list[str]:
     """Training documents in a fixed order; offline names build and cache on first use."""
     if name.startswith("hf:"):
-        return _hf_corpus(name)
+        return hub.texts(name)
     return _derived(_corpus_file(name))
 
 
 def corpus_fingerprint(name: str = "offline-mix") -> str:
     """sha256 of the built corpus, for cache keys of anything computed from it."""
     if name.startswith("hf:"):
-        blob = json.dumps(_hf_corpus(name), ensure_ascii=False).encode()
+        blob = json.dumps(hub.texts(name), ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()
     path = _dir() / _corpus_file(name)
     digest = verified_digest(path)
@@ -122,19 +122,27 @@ def corpus_fingerprint(name: str = "offline-mix") -> str:
 
 
 def probing_tasks(names: list[str] | None = None, n_per_class: int = 500) -> dict[str, ProbingTask]:
-    """Balanced one-vs-rest tasks by name: "<family>" or "<family>:<positive class>".
+    """Balanced one-vs-rest tasks by name: "<family>" or "<family>:<positive class>", or a hub
+    dataset "hf:<dataset>[:<config>]:<split>:<text field>:<label field>=<positive value>"
+    (e.g. SAEBench's sets, online only).
 
     Each task uses n_per_class texts per class (at most PROBE_RESERVE = 600), split
     80/20 into train and test; the negatives cycle through the other classes of the family.
     The default names are the four families with their default positive class.
     """
-    pools = _derived("probing.json")
     names = list(PROBING_FAMILIES) if names is None else names
+    pools = _derived("probing.json") if any(not n.startswith("hf:") for n in names) else {}
     return {name: _probing_task(name, pools, n_per_class) for name in names}
 
 
 def unlearning_questions(domain: str, n: int | None = None) -> list[MCQuestion]:
-    """The first n questions of a domain: subjects interleaved, answer positions cycling 0..3."""
+    """The first n questions of a domain: subjects interleaved, answer positions cycling 0..3.
+
+    domain: "forget" | "retain", or a hub dataset "hf:<dataset>[:<config>]:<split>" with
+    question/choices/answer rows (SAEBench: hf:cais/wmdp:wmdp-bio:test, cais/mmlu subjects).
+    """
+    if domain.startswith("hf:"):
+        return [MCQuestion(**q) for q in hub.questions(domain, n)]
     if domain not in SUBJECTS:
         raise SaelabError(f"unknown question domain {domain!r}; use one of {sorted(SUBJECTS)}")
     records = _derived("unlearning.json")[domain]
@@ -378,6 +386,9 @@ def _python_chunks(files: list[list[str]], held_out: set[str]) -> list[str]:
 
 
 def _probing_task(name: str, pools: dict, n_per_class: int) -> ProbingTask:
+    if name.startswith("hf:"):
+        pos, neg = hub.labelled(name, n_per_class, SEED)
+        return _balanced(name, pos, neg, f"{name} (1) vs rest (0)")
     family, _, positive = name.partition(":")
     if family not in PROBING_FAMILIES or (positive and positive not in pools[family]):
         valid = [f"{f}[:{'|'.join(sorted(pools[f]))}]" for f in PROBING_FAMILIES]
@@ -388,12 +399,19 @@ def _probing_task(name: str, pools: dict, n_per_class: int) -> ProbingTask:
     pos = pools[family][positive][:n_per_class]
     rest = [pools[family][c] for c in sorted(pools[family]) if c != positive]
     neg = _round_robin(rest)[:n_per_class]
+    description = f"{PROBING_FAMILIES[family][1]}: {positive} (1) vs rest (0)"
+    return _balanced(name, pos, neg, description)
+
+
+def _balanced(name: str, pos: list[str], neg: list[str], description: str) -> ProbingTask:
+    """Equal classes, TEST_FRACTION of each held out, both splits shuffled with a fixed seed."""
+    n_per_class = min(len(pos), len(neg))
+    pos, neg = pos[:n_per_class], neg[:n_per_class]
     n_test = max(1, round(n_per_class * TEST_FRACTION))
     train = [(t, 1) for t in pos[n_test:]] + [(t, 0) for t in neg[n_test:]]
     test = [(t, 1) for t in pos[:n_test]] + [(t, 0) for t in neg[:n_test]]
     random.Random(f"{SEED}:{name}:train").shuffle(train)
     random.Random(f"{SEED}:{name}:test").shuffle(test)
-    description = f"{PROBING_FAMILIES[family][1]}: {positive} (1) vs rest (0)"
     return ProbingTask(
         name=name,
         texts_train=[t for t, _ in train],
@@ -458,31 +476,6 @@ def _round_robin_all(lists: list[list]) -> list:
 
 
 # ---------------------------------------------------------------------------- online
-
-
-def _hf_corpus(name: str) -> list[str]:
-    parts = name.split(":")[1:]
-    if len(parts) not in (3, 4):
-        raise SaelabError(f"bad corpus name {name!r}; use hf:<dataset>[:<config>]:<split>:<field>")
-    dataset, config, split, field = parts if len(parts) == 4 else (parts[0], None, *parts[1:])
-    try:
-        import datasets
-    except ImportError as err:
-        raise SaelabError(
-            f"{name!r} needs the 'datasets' package ({err}); "
-            f"pip install datasets, or use one of {', '.join(CORPORA)}"
-        ) from err
-    try:
-        rows = datasets.load_dataset(dataset, config, split=split)
-    except Exception as err:  # the hub raises many types; all mean "cannot load this here"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SaelabError(
-            f"could not load {name!r} ({first}); check the name and network, "
-            f"or use one of {', '.join(CORPORA)}"
-        ) from err
-    if field not in rows.column_names:
-        raise SaelabError(f"{name!r}: no field {field!r}; fields are {rows.column_names}")
-    return [str(text) for text in rows[field]]
 
 
 # ---------------------------------------------------------------------------- CLI

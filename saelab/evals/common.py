@@ -56,6 +56,12 @@ class EvalConfig:
     # 0.95: at most one of the ~35 known retain questions may flip (SAEBench: 0.99 on 2B-it)
     unlearn_retain_threshold: float = 0.95
     unlearn_format: str = "likelihood"  # "likelihood" (option log-prob) | "letters" (A-D)
+    # question sets and the texts latent firing rates are measured on: the offline sets, or hub
+    # names for GPU users, e.g. "hf:cais/wmdp:wmdp-bio:test", "hf:cais/mmlu:college_biology:test"
+    unlearn_forget_questions: str = "forget"
+    unlearn_retain_questions: str = "retain"
+    unlearn_forget_corpus: str = "forget"  # "forget" = HPO definitions; else a corpus name
+    unlearn_retain_corpus: str = "retain"  # "retain" = CoQA stories; else a corpus name
     # temporal
     temporal_seqs: int = 32
 

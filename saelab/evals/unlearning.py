@@ -19,7 +19,13 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from saelab.data import MCQuestion, forget_texts, retain_texts, unlearning_questions
+from saelab.data import (
+    MCQuestion,
+    forget_texts,
+    load_corpus,
+    retain_texts,
+    unlearning_questions,
+)
 from saelab.evals.common import (
     EvalConfig,
     SAELike,
@@ -37,14 +43,19 @@ LETTERS = "ABCD"
 def run_unlearning(sae: SAELike, model: LanguageModel, layer: int, config: EvalConfig) -> dict:
     if config.unlearn_format not in ("likelihood", "letters"):
         raise ValueError(f"unlearn_format {config.unlearn_format!r}: use likelihood or letters")
-    questions = {d: unlearning_questions(d, config.unlearn_questions) for d in ("forget", "retain")}
+    sources = {"forget": config.unlearn_forget_questions, "retain": config.unlearn_retain_questions}
+    questions = {
+        d: unlearning_questions(src, config.unlearn_questions) for d, src in sources.items()
+    }
     # the clean answers do not depend on the SAE: score them once per process
     batches, known = {}, {}
     for domain, qs in questions.items():
-        key = ("unlearn", *model_key(model, layer), domain, config.unlearn_format, len(qs))
+        key = ("unlearn", *model_key(model, layer), sources[domain], config.unlearn_format, len(qs))
         batches[domain], known[domain] = memo(key, lambda qs=qs: _scored(model, layer, qs, config))
-    forget_freq = latent_frequency(sae, model, layer, forget_texts(config.unlearn_texts), config)
-    retain_freq = latent_frequency(sae, model, layer, retain_texts(config.unlearn_texts), config)
+    forget = _texts(config.unlearn_forget_corpus, "forget", config.unlearn_texts)
+    retain = _texts(config.unlearn_retain_corpus, "retain", config.unlearn_texts)
+    forget_freq = latent_frequency(sae, model, layer, forget, config)
+    retain_freq = latent_frequency(sae, model, layer, retain, config)
     results = []
     grid = itertools.product(
         config.unlearn_retain_sparsities, config.unlearn_n_features, config.unlearn_multipliers
@@ -105,6 +116,12 @@ def latent_frequency(
         active = (sae.encode(resid[i : i + config.batch_size]) != 0).float()
         fires += (active * mask[i : i + config.batch_size, :, None]).sum((0, 1))
     return fires / mask.sum().clamp(min=1)
+
+
+def _texts(source: str, builtin: str, n: int) -> list[str]:
+    if source == builtin:
+        return forget_texts(n) if builtin == "forget" else retain_texts(n)
+    return load_corpus(source)[:n]
 
 
 def select_latents(forget: Tensor, retain: Tensor, n: int, retain_sparsity: float) -> list[int]:

@@ -181,6 +181,54 @@ def test_hf_corpus_uses_the_datasets_library(tmp_path, monkeypatch):
         data.load_corpus(f"hf:{folder}:train:body")
 
 
+def _local_dataset(tmp_path, monkeypatch, rows: list[dict]) -> Path:
+    """A folder the datasets library loads like a hub dataset, with no network."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def test_hub_probing_task_is_balanced_and_split(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    rows = [{"text": f"review {i}", "stars": 5 if i % 3 == 0 else 1} for i in range(60)]
+    folder = _local_dataset(tmp_path, monkeypatch, rows)
+    (task,) = data.probing_tasks([f"hf:{folder}:test:text:stars=5"], n_per_class=10).values()
+    assert sum(task.y_train) == len(task.y_train) // 2 == 8
+    assert sum(task.y_test) == len(task.y_test) // 2 == 2
+    positives = {f"review {i}" for i in range(60) if i % 3 == 0}
+    texts = task.texts_train + task.texts_test
+    labels = task.y_train + task.y_test
+    assert all((text in positives) == bool(y) for text, y in zip(texts, labels, strict=True))
+    with pytest.raises(SaelabError, match="<label>=<value>"):
+        data.probing_tasks([f"hf:{folder}:test:text:stars"])
+
+
+def test_hub_questions_follow_the_wmdp_layout(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    rows = [
+        {
+            "question": "Which organ pumps blood?",
+            "choices": ["Liver", "Heart", "Lung", "Skin"],
+            "answer": 1,
+        },
+        {
+            "question": "Which gas do we exhale?",
+            "choices": ["CO2", "Neon", "Argon", "Ozone"],
+            "answer": 0,
+        },
+    ]
+    folder = _local_dataset(tmp_path, monkeypatch, rows)
+    first, second = data.unlearning_questions(f"hf:{folder}:test")
+    assert first.prompt == "Question: Which organ pumps blood?\nAnswer:"
+    assert first.options[first.answer] == " Heart" and second.options[second.answer] == " CO2"
+    assert len(data.unlearning_questions(f"hf:{folder}:test", 1)) == 1
+    with pytest.raises(SaelabError, match="could not load"):
+        data.unlearning_questions(f"hf:{tmp_path}/missing:test")
+
+
 def test_detect_language():
     english = "The cat sat on the mat and the dog was in the garden with the ball. " * 3
     german = "Der Hund ist nicht mit den Katzen und die Maus von der Stadt. " * 3
