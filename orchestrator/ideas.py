@@ -7,10 +7,11 @@ load so a typo fails in one line, before a workspace is made.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from orchestrator.templates import read_json_object
 
 REPO = Path(__file__).resolve().parents[1]
 IDEAS_DIR = REPO / "ideas"
@@ -53,7 +54,7 @@ def load_idea(name: str, ideas_dir: Path = IDEAS_DIR) -> Idea:
     if not path.is_file():
         names = ", ".join(available(ideas_dir)) or "none"
         raise IdeaError(f"idea '{name}' not found in {ideas_dir}; available: {names}")
-    raw = _read_object(path)
+    raw = read_json_object(path, IdeaError)
     for key in REQUIRED_TEXT:
         if not isinstance(raw.get(key), str) or not raw[key].strip():
             raise IdeaError(f"{path}: field '{key}' is missing or not a non-empty string")
@@ -89,18 +90,8 @@ def playbook_path(name: str, ideas_dir: Path = IDEAS_DIR) -> Path:
 
 def load_playbook(path: Path) -> Playbook:
     """Load a playbook file: {"responses": ["<assistant message>", ...], ...}."""
-    raw = _read_object(Path(path))
+    raw = read_json_object(Path(path), IdeaError)
     responses = raw.get("responses")
     if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
         raise IdeaError(f"{path}: field 'responses' must be a list of assistant messages")
     return Playbook(Path(path), str(raw.get("description", "")), responses)
-
-
-def _read_object(path: Path) -> dict[str, Any]:
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise IdeaError(f"{path}: invalid JSON ({err}); fix the syntax") from err
-    if not isinstance(raw, dict):
-        raise IdeaError(f"{path}: the top level must be a JSON object")
-    return raw

@@ -115,6 +115,7 @@ class Session:
     notice: str = ""  # a guard notice waiting to go out with the next prompt
     server: ReplayServer | None = field(default=None, repr=False)
     phases: dict[str, float] = field(default_factory=dict)  # this invocation's seconds by phase
+    started_at: float = field(default_factory=time.time)  # epoch seconds this invocation began
 
     @property
     def run_name(self) -> str:
@@ -140,7 +141,7 @@ def run(settings: Settings) -> Path:
     environments = float(os.environ.get(ENV_SECONDS) or 0.0)
     session = _resume(settings) if settings.resume else _start(settings)
     session.phases["environments"] = environments
-    session.phases["started_at"] = started
+    session.started_at = started
     _announce(session)
     try:
         with _endpoint(session) as api_base:
@@ -647,10 +648,9 @@ def _report(session: Session) -> None:
 def _phase_seconds(session: Session) -> dict[str, float]:
     """Where this invocation's wall time went: setup, agent turns, runs, report, the rest."""
     recorded = dict(session.phases)
-    started = recorded.pop("started_at")
     order = ("environments", "lab caches")
     phases = {name: recorded.pop(name) for name in order if name in recorded}
-    since = datetime.fromtimestamp(started, UTC)
+    since = datetime.fromtimestamp(session.started_at, UTC)
     entries = [e for e in session.journal.entries() if datetime.fromisoformat(e["ts"]) >= since]
     runs = [e["seconds"] for e in entries if e["kind"] == "run"]
     phases[f"experiment runs ({len(runs)})"] = sum(runs)
@@ -663,7 +663,7 @@ def _phase_seconds(session: Session) -> dict[str, float]:
             reply = datetime.fromisoformat(entry["ts"])
             phases["agent turns (aider + LLM)"] += (reply - asked).total_seconds()
             asked = None
-    total = time.time() - started
+    total = time.time() - session.started_at
     phases |= recorded  # notes and plots
     phases["other (git, validation, start-up)"] = max(0.0, total - sum(phases.values()))
     phases["total"] = total

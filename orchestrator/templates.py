@@ -68,12 +68,7 @@ def load_template(template_dir: Path) -> TemplateSpec:
     path = Path(template_dir) / TEMPLATE_FILE
     if not path.is_file():
         raise TemplateError(f"{path}: not found; a template directory needs a {TEMPLATE_FILE}")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise TemplateError(f"{path}: invalid JSON ({err}); fix the syntax") from err
-    if not isinstance(raw, dict):
-        raise TemplateError(f"{path}: the top level must be a JSON object")
+    raw = read_json_object(path, TemplateError)
     for field in REQUIRED:
         if field not in raw:
             raise TemplateError(f"{path}: field '{field}' is missing; add it (docs/interfaces.md)")
@@ -105,6 +100,17 @@ def load_template(template_dir: Path) -> TemplateSpec:
     if "{out_dir}" not in " ".join(spec.run_command):
         raise bad("run_command", "must contain '{out_dir}' so each run writes its own directory")
     return spec
+
+
+def read_json_object(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """The JSON object in `path`; `error` with a one-line fix for bad syntax or a non-object."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: invalid JSON ({err}); fix the syntax") from err
+    if not isinstance(raw, dict):
+        raise error(f"{path}: the top level must be a JSON object")
+    return raw
 
 
 def resolve_python(spec: TemplateSpec) -> str:

@@ -80,7 +80,8 @@ def _model(model_name: str):  # noqa: ANN202 - a LanguageModel
 def _data(corpus: str) -> None:
     load_corpus(corpus)
     probing_tasks()
-    unlearning_questions("forget"), unlearning_questions("retain")
+    for domain in ("forget", "retain"):
+        unlearning_questions(domain)
 
 
 def _step(seconds: dict, name: str, what: str, build: Callable[[], Any]) -> Any:

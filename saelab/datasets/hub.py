@@ -28,13 +28,10 @@ def texts(name: str) -> list[str]:
 
 def labelled(name: str, n_per_class: int, seed: int) -> tuple[list[str], list[str]]:
     """(positives, negatives), n_per_class each at most, in a seeded order."""
-    label_spec = name.rsplit(":", 1)[-1]
-    field, eq, positive = label_spec.partition("=")
+    label_field, eq, positive = name.rsplit(":", 1)[-1].partition("=")
     if not eq:
         raise SaelabError(f"bad probing task {name!r}: the last part must be <label>=<value>")
-    rows, (text_field, label_field) = _load(
-        name.rsplit(":", 1)[0] + f":{field}", 2, PROBING.replace("=<positive value>", "")
-    )
+    rows, (text_field, _) = _load(name, 2, PROBING)
     pos, neg = [], []
     for text, label in zip(rows[text_field], rows[label_field], strict=True):
         (pos if str(label) == positive else neg).append(str(text))
@@ -85,7 +82,8 @@ def _load(name: str, n_fields: int, usage: str) -> tuple[Any, list[str]]:
             f"could not load {name!r} ({first}); check the name and the network, or use "
             "the offline sets"
         ) from err
-    unknown = [field for field in fields if field not in rows.column_names]
+    # a probing name's last field is <label>=<value>: the column is the part before '='
+    unknown = [f for f in fields if f.partition("=")[0] not in rows.column_names]
     if unknown:
         raise SaelabError(f"{name!r}: no field {unknown}; fields are {rows.column_names}")
     return rows, fields
