@@ -4,12 +4,9 @@ CLI only; the loop lives in orchestrator/loop.py. Run with any Python 3.11: the 
 does is build the two environments if needed and re-execute itself inside the orchestrator's.
 """
 
-try:  # stdlib only; must run before anything third-party is imported
-    from orchestrator.envs import ensure_and_reexec
-except ImportError:  # an older checkout without envs.py: assume the right venv is active
-    ensure_and_reexec = None
-if ensure_and_reexec is not None:
-    ensure_and_reexec()
+from orchestrator.envs import ensure_and_reexec  # stdlib only: runs before anything third-party
+
+ensure_and_reexec()
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
