@@ -6,8 +6,8 @@ import dataclasses
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import safetensors
@@ -147,45 +147,50 @@ def model_key(model: LanguageModel, layer: int) -> tuple:
     return (id(model), model.name, layer)
 
 
-def residuals_batched(
-    model: LanguageModel, ids: Tensor, mask: Tensor, layer: int, batch_size: int
-) -> Tensor:
-    """Residuals after block `layer` [B, T, D] fp32 on CPU.
-
-    Kept on disk (the shared eval cache, in the model's dtype) and in memory, keyed by model,
-    layer and the exact token ids, so each run of experiment.py only runs the upper layers.
-    """
-    fields = {
+def input_fields(model: LanguageModel, layer: int, ids: Tensor, mask: Tensor) -> dict:
+    """What a clean (SAE-free) result on these token ids depends on: the disk-cache key."""
+    return {
         "model": model.name,
         "dtype": str(model.dtype),
         "layer": layer,
         "ids": tensor_key(ids),
         "mask": tensor_key(mask),
     }
-    path = cache_dir("evals", "residuals") / f"{stable_key(fields)}.safetensors"
 
-    def compute() -> Tensor:
+
+def stored(kind: str, fields: dict, compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+    """`compute()` once per machine: kept in the shared eval cache on disk and in memory.
+
+    For what does not depend on the SAE, so each run of experiment.py (a new process) pays only
+    for its own SAE. A file that does not load whole (full disk, kill mid-write) is recomputed.
+    """
+    path = cache_dir("evals", kind) / f"{stable_key(fields)}.safetensors"
+
+    def load_or_compute() -> dict[str, Tensor]:
         with file_lock(path):
-            stored = _load_residuals(path, tuple(ids.shape))
-            if stored is None:
-                parts = [
-                    model.residuals(ids[i : i + batch_size], mask[i : i + batch_size], layer)
-                    for i in range(0, ids.shape[0], batch_size)
-                ]
-                stored = torch.cat(parts).cpu().contiguous()
-                atomic_write(path, lambda tmp: save_file({"resid": stored}, str(tmp)))
-        return stored.float()
+            try:
+                return load_file(str(path))
+            except (OSError, safetensors.SafetensorError):
+                tensors = {k: v.cpu().contiguous() for k, v in compute().items()}
+                atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+                return tensors
 
-    return memo(("resid", path.name), compute)
+    return memo((kind, path.name), load_or_compute)
 
 
-def _load_residuals(path: Path, shape: tuple[int, ...]) -> Tensor | None:
-    """The stored residuals if the file is whole and of the expected [B, T] shape, else None."""
-    try:
-        resid = load_file(str(path))["resid"]
-    except (OSError, KeyError, safetensors.SafetensorError):
-        return None
-    return resid if tuple(resid.shape[:2]) == shape else None
+def residuals_batched(
+    model: LanguageModel, ids: Tensor, mask: Tensor, layer: int, batch_size: int
+) -> Tensor:
+    """Residuals after block `layer` [B, T, D] fp32 on CPU, stored in the model's dtype."""
+
+    def compute() -> dict[str, Tensor]:
+        parts = [
+            model.residuals(ids[i : i + batch_size], mask[i : i + batch_size], layer)
+            for i in range(0, ids.shape[0], batch_size)
+        ]
+        return {"resid": torch.cat(parts)}
+
+    return stored("residuals", input_fields(model, layer, ids, mask), compute)["resid"].float()
 
 
 def splice(sae: SAELike, resid: Tensor, keep_error: bool = False, edit=None) -> Tensor:  # noqa: ANN001

@@ -11,6 +11,9 @@ Metrics (eval_result_metrics):
     misc: frac_dead_latents, frac_dense_latents (firing on > dense_threshold of tokens),
         causal (1.0 when check_causal found no future-token leakage, else 0.0)
 Zero ablation replaces the residual after `layer` by zeros at every position but BOS.
+The clean and zero-ablated losses are stored in the shared eval cache; the clean logits the KL
+needs ([T, vocab] per sequence, ~1 GB in fp32 at the defaults) are not, so each SAE runs the
+upper layers twice: clean and spliced.
 """
 
 from __future__ import annotations
@@ -23,12 +26,11 @@ from saelab.activations import ActivationCache
 from saelab.evals.common import (
     EvalConfig,
     SAELike,
+    input_fields,
     make_block,
-    memo,
-    model_key,
     residuals_batched,
     splice,
-    tensor_key,
+    stored,
 )
 from saelab.evals.temporal import check_causal
 from saelab.models import LanguageModel
@@ -94,8 +96,9 @@ def downstream_metrics(
     ids = torch.cat([torch.full_like(tokens[:, :1], model.bos_token_id), tokens], 1).long()
     mask = torch.ones_like(ids)
     resid = residuals_batched(model, ids, mask, layer, config.batch_size)
-    base = memo(
-        ("core-clean", *model_key(model, layer), tensor_key(ids)),
+    base = stored(
+        "core_clean",
+        input_fields(model, layer, ids, mask),
         lambda: _clean_and_ablation(model, layer, ids, resid, config.batch_size),
     )
     ce_sae, kl_sae = 0.0, 0.0
@@ -107,7 +110,7 @@ def downstream_metrics(
         kl_sae += _kl_sum(clean, spliced)
     n_pred = ids.shape[0] * (ids.shape[1] - 1)
     ce_sae, kl_sae = ce_sae / n_pred, kl_sae / n_pred
-    ce_clean, ce_zero, kl_zero = base["ce_clean"], base["ce_zero"], base["kl_zero"]
+    ce_clean, ce_zero, kl_zero = (base[k].item() for k in ("ce_clean", "ce_zero", "kl_zero"))
     return {
         "model_performance_preservation": {
             "ce_loss_score": (ce_zero - ce_sae) / (ce_zero - ce_clean),
@@ -125,7 +128,7 @@ def downstream_metrics(
 
 def _clean_and_ablation(
     model: LanguageModel, layer: int, ids: Tensor, resid: Tensor, batch_size: int
-) -> dict:
+) -> dict[str, Tensor]:
     mask = torch.ones_like(ids)
     ce_clean, ce_zero, kl_zero = 0.0, 0.0, 0.0
     for i in range(0, ids.shape[0], batch_size):
@@ -138,7 +141,8 @@ def _clean_and_ablation(
         ce_zero += _ce_sum(ablated, ids[rows])
         kl_zero += _kl_sum(clean, ablated)
     n_pred = ids.shape[0] * (ids.shape[1] - 1)
-    return {"ce_clean": ce_clean / n_pred, "ce_zero": ce_zero / n_pred, "kl_zero": kl_zero / n_pred}
+    sums = {"ce_clean": ce_clean, "ce_zero": ce_zero, "kl_zero": kl_zero}
+    return {k: torch.tensor(v / n_pred, dtype=torch.float64) for k, v in sums.items()}
 
 
 def _logprobs(logits: Tensor) -> Tensor:

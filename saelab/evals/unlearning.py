@@ -29,11 +29,13 @@ from saelab.data import (
 from saelab.evals.common import (
     EvalConfig,
     SAELike,
+    input_fields,
     make_block,
     memo,
     model_key,
     residuals_batched,
     splice,
+    stored,
 )
 from saelab.models import LanguageModel
 
@@ -185,7 +187,7 @@ class _Scorer:
             self.mask[row, : len(seq)] = 1
             self.spans.append((1 + len(context), len(seq)))
         self.resid = residuals_batched(model, self.ids, self.mask, layer, self.batch_size)
-        self.clean: Tensor | None = None  # clean scores, filled on first use
+        self.fields = input_fields(model, layer, self.ids, self.mask)
 
     def _encode(self, context: str, option: str) -> tuple[list[int], list[int]]:
         tok = self.model.tokenizer
@@ -203,28 +205,36 @@ class _Scorer:
         ]
 
     def _scores(self, edit_resid) -> Tensor:  # noqa: ANN001
-        """Log-likelihood of each (context, option) pair. Rows the edit leaves bit-identical
-        keep their clean score: clamping rare latents touches few rows, and the upper layers
-        with the 262k-vocab head are the whole cost."""
-        if edit_resid is not None and self.clean is None:
-            self.clean = self._scores(None)
-        scores = torch.empty(len(self.spans)) if edit_resid is None else self.clean.clone()
-        for i in range(0, len(self.spans), self.batch_size):
-            rows = torch.arange(i, min(i + self.batch_size, len(self.spans)))
-            resid = self.resid[rows] if edit_resid is None else edit_resid(self.resid[rows])
-            if edit_resid is not None:
-                changed = (resid != self.resid[rows]).flatten(1).any(1)
-                rows, resid = rows[changed], resid[changed]
-                if len(rows) == 0:
-                    continue
-            logp = self.model.logits_from(resid, self.layer, self.mask[rows]).float()
-            logp = logp.log_softmax(-1).cpu()
-            for j, row in enumerate(rows.tolist()):
-                start, end = self.spans[row]
-                targets = self.ids[row, start:end]
-                scores[row] = logp[j, start - 1 : end - 1].gather(-1, targets[:, None]).sum()
+        """Log-likelihood of each (context, option) pair. The clean scores are stored in the eval
+        cache; under an edit, rows it leaves bit-identical keep their clean score: clamping rare
+        latents touches few rows, and the upper layers with the 262k-vocab head are the cost."""
+        clean = stored("answer_scores", self.fields, self._clean_scores)["scores"]
         if edit_resid is None:
-            self.clean = scores
+            return clean
+        scores = clean.clone()
+        for rows in self._batches():
+            resid = edit_resid(self.resid[rows])
+            changed = (resid != self.resid[rows]).flatten(1).any(1)
+            if changed.any():
+                scores[rows[changed]] = self._score_rows(rows[changed], resid[changed])
+        return scores
+
+    def _clean_scores(self) -> dict[str, Tensor]:
+        parts = [self._score_rows(rows, self.resid[rows]) for rows in self._batches()]
+        return {"scores": torch.cat(parts)}
+
+    def _batches(self) -> list[Tensor]:
+        n = len(self.spans)
+        return [torch.arange(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+
+    def _score_rows(self, rows: Tensor, resid: Tensor) -> Tensor:
+        logp = self.model.logits_from(resid, self.layer, self.mask[rows]).float()
+        logp = logp.log_softmax(-1).cpu()
+        scores = torch.empty(len(rows))
+        for j, row in enumerate(rows.tolist()):
+            start, end = self.spans[row]
+            targets = self.ids[row, start:end]
+            scores[j] = logp[j, start - 1 : end - 1].gather(-1, targets[:, None]).sum()
         return scores
 
 

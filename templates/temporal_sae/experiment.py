@@ -66,6 +66,7 @@ class Config:
     # evaluate
     evals: str = "core,sparse_probing,unlearning,temporal"  # comma-separated saelab eval ids
     eval_size: str = "default"  # "tiny" (tests) | "default" (<= 5 min on 2 CPU cores)
+    stability_seed: int = -1  # >= 0: train a twin SAE from this seed for feature_stability (2x)
 
     def __post_init__(self) -> None:
         if not self.out_dir:
@@ -77,6 +78,8 @@ class Config:
             raise ValueError(f"architecture {self.architecture!r} unknown: use one of {known}")
         if self.eval_size not in ("tiny", "default"):
             raise ValueError(f"eval_size {self.eval_size!r} unknown: use 'tiny' or 'default'")
+        if self.stability_seed == self.seed:
+            raise ValueError("stability_seed must differ from seed (or be -1 to skip the twin)")
 
 
 # Budget profiles override sizes (and the tiny run's lr): the SAE itself is the same in tests.
@@ -115,7 +118,7 @@ KNOB_GROUPS = {
         "decay_start",
         "log_every",
     ],
-    "evaluate": ["evals", "eval_size"],
+    "evaluate": ["evals", "eval_size", "stability_seed"],
 }
 
 
@@ -389,12 +392,29 @@ def training_progress() -> Progress:
     )
 
 
+def train_twin(cfg: Config, cache: ActivationCache, steps: int, device) -> SAE:
+    """The same SAE from another seed (init and batch order): what feature_stability compares."""
+    twin_cfg = dataclasses.replace(cfg, seed=cfg.stability_seed, stability_seed=-1)
+    torch.manual_seed(twin_cfg.seed)
+    mean = data_mean(cache, device)
+    twin = build_sae(twin_cfg, mean.shape[-1], mean)
+    train(twin, train_batches(cache, twin_cfg, steps, device), steps, twin_cfg)
+    return twin
+
+
 # ---------------------------------------------------------------------------- evaluate
 def evaluate(
-    sae: SAE, model: LanguageModel, test_cache: ActivationCache, scale: float, cfg: Config
+    sae: SAE,
+    model: LanguageModel,
+    test_cache: ActivationCache,
+    scale: float,
+    cfg: Config,
+    twin: SAE | None = None,
 ) -> dict[str, dict]:
     """SAEBench-shaped blocks from the lab's evals, on raw residuals of held-out sequences."""
-    sae.eval()  # BatchTopK switches to its per-token threshold: causal and batch-independent
+    for each in (sae, twin):
+        if each is not None:
+            each.eval()  # BatchTopK switches to its per-token threshold: causal, batch-independent
     config = EvalConfig().tiny() if cfg.eval_size == "tiny" else EvalConfig()
     with torch.no_grad():
         return run_evals(
@@ -404,6 +424,7 @@ def evaluate(
             evals=cfg.evals.split(","),
             test_cache=test_cache,
             config=config,
+            sae_b=Normalized(twin, scale) if twin is not None else None,
         )
 
 
@@ -457,7 +478,8 @@ def main(argv: list[str] | None = None) -> None:
         f"layer {cfg.layer}: {steps} steps x {cfg.batch_size * cfg.seq_len} tokens"
     )
     facts = train(sae, train_batches(train_cache, cfg, steps, device), steps, cfg)
-    blocks = evaluate(sae, model, test_cache, train_cache.norm_scale, cfg)
+    twin = train_twin(cfg, train_cache, steps, device) if cfg.stability_seed >= 0 else None
+    blocks = evaluate(sae, model, test_cache, train_cache.norm_scale, cfg, twin)
 
     facts |= {
         "layer": cfg.layer,

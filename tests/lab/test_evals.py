@@ -183,6 +183,29 @@ def test_a_truncated_cache_file_is_rebuilt(lm, tmp_cache, monkeypatch):
     assert torch.equal(common.residuals_batched(lm, ids, mask, LAYER, batch_size=1), first)
 
 
+def test_clean_losses_and_answers_come_back_from_the_disk_cache(
+    lm, caches, reference, tmp_cache, monkeypatch
+):
+    """A later experiment.py on the machine runs the upper layers only for its own SAE."""
+    from saelab.data import MCQuestion
+    from saelab.evals import common, core, unlearning
+
+    monkeypatch.setattr(common, "_MEMO", {})
+    tokens = caches[1].tokens[:1]
+    question = MCQuestion("Water is made of hydrogen and", [" oxygen", " gold"], 0, "retain", "x")
+    first_core = core.downstream_metrics(reference, lm, LAYER, tokens, CONFIG)
+    first_scores = unlearning._Scorer(lm, LAYER, [question], CONFIG)._scores(None)
+    assert {p.name for p in (tmp_cache / "evals").iterdir()} >= {"core_clean", "answer_scores"}
+
+    monkeypatch.setattr(common, "_MEMO", {})  # a new process: memory empty, disk warm
+    monkeypatch.setattr(core, "_clean_and_ablation", lambda *a: pytest.fail("clean CE rerun"))
+    monkeypatch.setattr(unlearning._Scorer, "_clean_scores", lambda s: pytest.fail("rescored"))
+    assert core.downstream_metrics(reference, lm, LAYER, tokens, CONFIG) == first_core
+    scorer = unlearning._Scorer(lm, LAYER, [question], CONFIG)
+    assert torch.equal(scorer._scores(None), first_scores)
+    assert scorer.correct(None) == [True]  # the model knows it, read from the stored scores
+
+
 def test_an_edit_that_changes_no_latent_leaves_the_residuals_bit_identical(caches, reference):
     """What lets unlearning skip the rows a clamp does not touch."""
     from saelab.evals.common import splice

@@ -80,3 +80,6 @@ def test_edited_experiment_trains_and_validates(idea, tmp_path):
     assert verdict.ok, verdict.summary()
     info = json.loads((workdir / "run_1" / "final_info.json").read_text())
     assert info["architecture"] != "batchtopk", "the playbook's architecture did not take effect"
+    if idea == "temporal_consistency_sae":  # its last run trains a twin from a second seed
+        stability = info["temporal"]["eval_result_metrics"]["temporal"]["feature_stability"]
+        assert 0 < stability < 0.99, stability  # 1.0: the twin would be the same SAE
