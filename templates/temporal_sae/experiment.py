@@ -351,6 +351,7 @@ def train(sae: SAE, batches: Iterator[Tensor], steps: int, cfg: Config) -> dict:
     unfired_tokens_F = torch.zeros(sae.d_sae, device=sae.W_dec.device)
     curve = {"step": [], "loss": []}
     tokens_seen, step, start = 0, 0, time.time()
+    W_dec_init_FD = sae.W_dec.detach().clone()
     sae.train()
     with training_progress() as progress:
         task = progress.add_task("train", total=steps, loss=float("nan"))
@@ -370,12 +371,15 @@ def train(sae: SAE, batches: Iterator[Tensor], steps: int, cfg: Config) -> dict:
                 curve["loss"].append(loss.item())
             progress.update(task, advance=1, loss=loss.item())
     seconds = time.time() - start
+    # near 1: most latents still point where the random init put them, whatever the EV
+    init_cos_F = nn.functional.cosine_similarity(sae.W_dec.detach(), W_dec_init_FD, dim=-1)
     return {
         "training_steps": step,
         "tokens_seen": tokens_seen,
         "final_loss": curve["loss"][-1] if curve["loss"] else None,
         "final_mse": mse.item() if step else None,
         "frac_dead_in_training": (unfired_tokens_F >= cfg.dead_tokens).float().mean().item(),
+        "decoder_init_cosine": init_cos_F.median().item(),
         "train_seconds": seconds,
         "tokens_per_second": tokens_seen / max(seconds, 1e-9),
         "curve": curve,

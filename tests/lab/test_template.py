@@ -35,10 +35,22 @@ def ex():
     return load_experiment()
 
 
+def true_directions(d: int = 32, n_true: int = 96) -> torch.Tensor:
+    """The hidden features of the synthetic data. Not drawn from seed 0: an SAE initialised
+    after torch.manual_seed(0) would then start with the answer in its first 96 rows."""
+    directions = torch.randn(n_true, d, generator=torch.Generator().manual_seed(1234))
+    return torch.nn.functional.normalize(directions, dim=-1)
+
+
+def recovery(sae) -> float:
+    """Mean over the true features of the best cosine any decoder row reaches."""
+    rows = torch.nn.functional.normalize(sae.W_dec.detach(), dim=-1)
+    return (rows @ true_directions().T).max(0).values.mean().item()
+
+
 def synthetic_batches(n_batches: int, d: int = 32, n_true: int = 96, seed: int = 0):
     """Sequences of sparse combinations of hidden unit directions plus an offset: [B, L, D]."""
-    directions = torch.randn(n_true, d, generator=torch.Generator().manual_seed(0))
-    directions = torch.nn.functional.normalize(directions, dim=-1)  # the same for every seed
+    directions = true_directions(d, n_true)  # the same for every seed
     gen = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(n_batches):
@@ -133,18 +145,26 @@ def test_auxk_gives_dead_latents_a_gradient(ex):
     assert sae.W_enc.grad[:, 64:].abs().sum() == 0  # live latents are left to the main loss
 
 
-@pytest.mark.parametrize("architecture", ["batchtopk", "topk", "relu"])
-def test_training_reduces_loss_and_reconstructs(ex, architecture):
+@pytest.mark.parametrize(
+    ("architecture", "min_recovery"), [("batchtopk", 0.85), ("topk", 0.85), ("relu", 0.6)]
+)
+def test_training_finds_the_hidden_features(ex, architecture, min_recovery):
+    """Loss falls, held-out data is reconstructed, and the decoder rows move from their random
+    init (best cosine ~0.44 to the hidden features) onto the features themselves."""
     torch.manual_seed(0)
-    cfg = small_cfg(ex, architecture=architecture, sparsity_penalty=0.005)
-    batches = synthetic_batches(20)
+    # ReLU + L1 needs a strong penalty to get sparse on this data in few steps
+    cfg = small_cfg(ex, architecture=architecture, sparsity_penalty=0.3, train_tokens=8 * 16 * 1200)
+    batches = synthetic_batches(200)
     steps = ex.count_steps(cfg)
     sae = ex.build_sae(cfg, 32, torch.cat(batches).flatten(0, 1).mean(0))
-    facts = ex.train(sae, (batches[i % 20] for i in range(steps)), steps, cfg)
+    assert recovery(sae) < 0.5
+    facts = ex.train(sae, (batches[i % 200] for i in range(steps)), steps, cfg)
     assert facts["training_steps"] == steps and facts["tokens_seen"] == steps * 8 * 16
     assert facts["curve"]["loss"][-1] < 0.5 * facts["curve"]["loss"][0]
     sae.eval()
     assert explained_variance(sae, synthetic_batches(4, seed=1)) > 0.7
+    assert recovery(sae) > min_recovery
+    assert facts["decoder_init_cosine"] < 0.9  # the diagnostic sees the rows move
     torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(128))
 
 
@@ -152,18 +172,18 @@ def test_two_seeds_trained_on_the_same_data_share_features(ex):
     """What feature_stability measures: training pulls two seeds' decoders together."""
     from saelab.evals.temporal import feature_stability
 
-    batches = synthetic_batches(20)
-    cfg = small_cfg(ex, architecture="topk")
+    batches = synthetic_batches(200)
+    cfg = small_cfg(ex, architecture="topk", train_tokens=8 * 16 * 1200)
     steps = ex.count_steps(cfg)
     saes = []
     for seed in (0, 1):
         torch.manual_seed(seed)
         saes.append(ex.build_sae(cfg, 32, torch.cat(batches).flatten(0, 1).mean(0)))
-    at_init = feature_stability(*saes)  # random directions in 32 dims already match ~0.44
+    assert feature_stability(*saes) < 0.5  # random directions in 32 dims match ~0.44
     for sae in saes:
-        ex.train(sae, (batches[i % 20] for i in range(steps)), steps, cfg)
+        ex.train(sae, (batches[i % 200] for i in range(steps)), steps, cfg)
         sae.eval()
-    assert feature_stability(*saes) > at_init + 0.1
+    assert feature_stability(*saes) > 0.8
 
 
 # ---------------------------------------------------------------------------- end to end
