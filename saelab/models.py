@@ -128,11 +128,15 @@ class LanguageModel:
         raise RuntimeError(f"block {layer} of {self.name} never ran; cannot read its output")
 
     @torch.no_grad()
-    def logits_from(self, resid: Tensor, layer: int, attention_mask: Tensor) -> Tensor:
+    def logits_from(
+        self, resid: Tensor, layer: int, attention_mask: Tensor, keep: Tensor | None = None
+    ) -> Tensor:
         """Logits [B, T, V] from residuals after block `layer` (e.g. SAE reconstructions).
 
         Runs blocks layer+1.. , the final norm and the head (with any soft-capping); `resid`
-        must include the BOS position, as `residuals` returns it.
+        must include the BOS position, as `residuals` returns it. `keep`, a bool [B, T] mask,
+        computes the head only where it is True and returns [n_true, V] in row-major order:
+        on a 262k vocabulary the head costs more than the upper blocks.
         """
         self.check_layer(layer)
         resid = resid.to(device=self.device, dtype=self.dtype)
@@ -142,6 +146,7 @@ class LanguageModel:
                 inputs_embeds=torch.zeros_like(resid),
                 attention_mask=attention_mask.to(self.device),
                 use_cache=False,
+                logits_to_keep=0 if keep is None else keep.to(self.device, torch.bool),
             )
         return out.logits
 

@@ -208,7 +208,7 @@ class _Scorer:
         """Log-likelihood of each (context, option) pair. The clean scores are stored in the eval
         cache; under an edit, rows it leaves bit-identical keep their clean score: clamping rare
         latents touches few rows, and the upper layers with the 262k-vocab head are the cost."""
-        clean = stored("answer_scores", self.fields, self._clean_scores)["scores"]
+        clean = stored("option_scores", self.fields, self._clean_scores)["scores"]
         if edit_resid is None:
             return clean
         scores = clean.clone()
@@ -228,14 +228,18 @@ class _Scorer:
         return [torch.arange(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
 
     def _score_rows(self, rows: Tensor, resid: Tensor) -> Tensor:
-        logp = self.model.logits_from(resid, self.layer, self.mask[rows]).float()
-        logp = logp.log_softmax(-1).cpu()
-        scores = torch.empty(len(rows))
+        """Summed log-probability of each row's option tokens; the head runs only at the
+        positions that predict them."""
+        keep = torch.zeros(len(rows), self.ids.shape[1], dtype=torch.bool)
+        targets, owner = [], []
         for j, row in enumerate(rows.tolist()):
             start, end = self.spans[row]
-            targets = self.ids[row, start:end]
-            scores[j] = logp[j, start - 1 : end - 1].gather(-1, targets[:, None]).sum()
-        return scores
+            keep[j, start - 1 : end - 1] = True  # position t predicts token t + 1
+            targets.append(self.ids[row, start:end])
+            owner += [j] * (end - start)
+        logits = self.model.logits_from(resid, self.layer, self.mask[rows], keep=keep)
+        logp = logits.float().log_softmax(-1).cpu().gather(-1, torch.cat(targets)[:, None])[:, 0]
+        return torch.zeros(len(rows)).index_add_(0, torch.tensor(owner), logp)
 
 
 def _views(q: MCQuestion, fmt: str) -> list[tuple[str, list[str], int]]:

@@ -195,7 +195,7 @@ def test_clean_losses_and_answers_come_back_from_the_disk_cache(
     question = MCQuestion("Water is made of hydrogen and", [" oxygen", " gold"], 0, "retain", "x")
     first_core = core.downstream_metrics(reference, lm, LAYER, tokens, CONFIG)
     first_scores = unlearning._Scorer(lm, LAYER, [question], CONFIG)._scores(None)
-    assert {p.name for p in (tmp_cache / "evals").iterdir()} >= {"core_clean", "answer_scores"}
+    assert {p.name for p in (tmp_cache / "evals").iterdir()} >= {"core_clean", "option_scores"}
 
     monkeypatch.setattr(common, "_MEMO", {})  # a new process: memory empty, disk warm
     monkeypatch.setattr(core, "_clean_and_ablation", lambda *a: pytest.fail("clean CE rerun"))

@@ -95,6 +95,10 @@ def test_logits_from_residuals_equal_full_forward(
     # (a permutation of features, since a plain rescale is undone by the final RMSNorm).
     edited = lm.logits_from(resid.flip(-1), layer, mask)
     assert (edited[real] - expected[real]).abs().max() > 10 * BF16_ATOL
+    # keep= runs the head only at the chosen positions, row-major, with the same values
+    keep = torch.zeros_like(real)
+    keep[:, 1::3] = True
+    torch.testing.assert_close(lm.logits_from(resid, layer, mask, keep=keep), got[keep])
     # ... and the model is whole again afterwards (the cut swaps blocks out and back).
     assert all(type(b).__name__ == "Gemma3DecoderLayer" for b in lm.blocks)
 
