@@ -77,7 +77,9 @@ def plot_loss_curves(runs: dict[str, dict], curves_file: str) -> None:
 def plot_key_metrics(runs: dict[str, dict], key_metrics: dict[str, str]) -> None:
     n_cols = min(3, len(key_metrics))
     n_rows = math.ceil(len(key_metrics) / n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.5 * n_cols, 3.5 * n_rows), squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(4.5 * n_cols, 3.5 * n_rows), squeeze=False, layout="constrained"
+    )
     for ax, (name, dotted) in zip(axes.flat, key_metrics.items(), strict=False):
         values = {label(run): lookup(info, dotted) for run, info in runs.items()}
         present = {run: value for run, value in values.items() if value is not None}
@@ -87,8 +89,7 @@ def plot_key_metrics(runs: dict[str, dict], key_metrics: dict[str, str]) -> None
         ax.tick_params(axis="x", rotation=30)
     for ax in list(axes.flat)[len(key_metrics) :]:
         ax.axis("off")
-    fig.suptitle("Key metrics per run")
-    fig.tight_layout()
+    fig.suptitle("Key metrics per run")  # constrained layout leaves room for it
     fig.savefig("key_metrics.png", dpi=150)
     plt.close(fig)
 
