@@ -396,14 +396,14 @@ def training_progress() -> Progress:
     )
 
 
-def train_twin(cfg: Config, cache: ActivationCache, steps: int, device) -> SAE:
-    """The same SAE from another seed (init and batch order): what feature_stability compares."""
+def train_twin(cfg: Config, cache: ActivationCache, steps: int, b_dec_init: Tensor, device) -> SAE:
+    """The same SAE from another seed (init and batch order), in eval mode: what
+    feature_stability compares the main SAE with."""
     twin_cfg = dataclasses.replace(cfg, seed=cfg.stability_seed, stability_seed=-1)
     torch.manual_seed(twin_cfg.seed)
-    mean = data_mean(cache, device)
-    twin = build_sae(twin_cfg, mean.shape[-1], mean)
+    twin = build_sae(twin_cfg, b_dec_init.shape[-1], b_dec_init)
     train(twin, train_batches(cache, twin_cfg, steps, device), steps, twin_cfg)
-    return twin
+    return twin.eval()
 
 
 # ---------------------------------------------------------------------------- evaluate
@@ -416,9 +416,7 @@ def evaluate(
     twin: SAE | None = None,
 ) -> dict[str, dict]:
     """SAEBench-shaped blocks from the lab's evals, on raw residuals of held-out sequences."""
-    for each in (sae, twin):
-        if each is not None:
-            each.eval()  # BatchTopK switches to its per-token threshold: causal, batch-independent
+    sae.eval()  # BatchTopK switches to its per-token threshold: causal and batch-independent
     config = EvalConfig().tiny() if cfg.eval_size == "tiny" else EvalConfig()
     with torch.no_grad():
         return run_evals(
@@ -476,13 +474,14 @@ def main(argv: list[str] | None = None) -> None:
 
     model, train_cache, test_cache = load_data(cfg)
     device = model.device
-    sae = build_sae(cfg, model.d_model, data_mean(train_cache, device))
+    mean = data_mean(train_cache, device)
+    sae = build_sae(cfg, model.d_model, mean)
     console.print(
         f"[bold]{cfg.architecture}[/] SAE {sae.d_in} -> {sae.d_sae} on {cfg.model_name} "
         f"layer {cfg.layer}: {steps} steps x {cfg.batch_size * cfg.seq_len} tokens"
     )
     facts = train(sae, train_batches(train_cache, cfg, steps, device), steps, cfg)
-    twin = train_twin(cfg, train_cache, steps, device) if cfg.stability_seed >= 0 else None
+    twin = train_twin(cfg, train_cache, steps, mean, device) if cfg.stability_seed >= 0 else None
     blocks = evaluate(sae, model, test_cache, train_cache.norm_scale, cfg, twin)
 
     facts |= {
