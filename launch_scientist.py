@@ -48,6 +48,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="consecutive failed tries per run before stopping",
     )
     limits.add_argument("--timeout", type=float, help="seconds per run (default: the template's)")
+    trust = p.add_argument_group("trust")
+    trust.add_argument(
+        "--require-sandbox",
+        action="store_true",
+        help="refuse to run agent code where the sandbox is incomplete (no Landlock/namespaces)",
+    )
+    trust.add_argument(
+        "--allow-dirty-code",
+        action="store_true",
+        help="start although orchestrator/ or saelab/ has uncommitted changes",
+    )
     dirs = p.add_argument_group("directories (tests override these)")
     dirs.add_argument("--results-dir", type=Path, default=loop.RESULTS_DIR)
     dirs.add_argument(
@@ -92,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         results_dir=args.results_dir,
         templates_dir=args.template_dir,
         ideas_dir=args.ideas_dir,
+        require_sandbox=args.require_sandbox,
+        allow_dirty_code=args.allow_dirty_code,
     )
     try:
         if args.list_ideas:

@@ -38,7 +38,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from rich import get_console
 from rich.panel import Panel
 
-from orchestrator import llm
+from orchestrator import llm, referee, sandbox
 from orchestrator.envs import ENV_SECONDS, STARTED_AT, SetupError
 from orchestrator.ideas import IDEAS_DIR, Idea, load_idea
 from orchestrator.journal import Journal
@@ -55,7 +55,7 @@ from orchestrator.report import (
 from orchestrator.runner import expand_command, run_experiment
 from orchestrator.templates import TemplateSpec, load_template
 from orchestrator.validate import Verdict, validate_run
-from orchestrator.workspace import Commit, Workspace
+from orchestrator.workspace import Commit, Workspace, code_digest, dirty_code, file_digests
 
 if TYPE_CHECKING:
     from orchestrator.agent import Agent
@@ -94,6 +94,8 @@ class Settings:
     templates_dir: Path = TEMPLATES_DIR
     ideas_dir: Path = IDEAS_DIR
     live: bool | None = None  # None: a live view only on a terminal
+    require_sandbox: bool = False  # refuse to run agent code where the sandbox is incomplete
+    allow_dirty_code: bool = False  # start although orchestrator/ or saelab/ has local changes
 
 
 @dataclass
@@ -116,6 +118,7 @@ class Session:
     server: ReplayServer | None = field(default=None, repr=False)
     phases: dict[str, float] = field(default_factory=dict)  # this invocation's seconds by phase
     started_at: float = field(default_factory=time.time)  # epoch seconds this invocation began
+    code: str = ""  # digest of the project's code (orchestrator/, saelab/) when this began
 
     @property
     def run_name(self) -> str:
@@ -139,7 +142,13 @@ def run(settings: Settings) -> Path:
     """Run (or resume) the loop; returns the workspace directory."""
     started = float(os.environ.get(STARTED_AT) or time.time())
     environments = float(os.environ.get(ENV_SECONDS) or 0.0)
+    _check_code(settings)
+    protections = _check_sandbox(settings)
     session = _resume(settings) if settings.resume else _start(settings)
+    session.code = code_digest(REPO)
+    session.journal.append(
+        "sandbox", missing=protections.missing(), network=session.spec.network, code=session.code
+    )
     session.phases["environments"] = environments
     session.started_at = started
     _announce(session)
@@ -273,9 +282,33 @@ def _resumed_choice(settings: Settings, start: dict, journal: Journal) -> LLMCho
     return llm.choose(start["idea"], Path(start["ideas_dir"]), start["model"], api_base)
 
 
+def _check_code(settings: Settings) -> None:
+    """The code that measures runs must be the committed code (the journal names its digest)."""
+    dirty = [] if settings.allow_dirty_code else dirty_code(REPO)
+    if dirty:
+        raise LoopError(
+            f"the project's code has uncommitted changes ({', '.join(dirty[:3])}"
+            f"{' ...' if len(dirty) > 3 else ''}): commit or stash them (or pass "
+            "--allow-dirty-code), so every run is measured by a known version of the lab"
+        )
+
+
+def _check_sandbox(settings: Settings) -> sandbox.Protections:
+    protections = sandbox.probe()
+    if protections.missing() and settings.require_sandbox:
+        raise LoopError(f"{protections.summary()}; --require-sandbox refuses to run agent code")
+    style = "bold red" if protections.missing() else "dim"
+    console.print(f"[{style}]{protections.summary()}[/]")
+    return protections
+
+
 def _baseline_gate(spec: TemplateSpec) -> Verdict:
-    """The template's committed baseline must exist and pass its own validation."""
+    """The template's committed baseline must exist and pass its own validation; with a
+    referee, it must carry the referee's record of its artifact."""
     verdict = validate_run(spec.root / spec.baseline_run, spec)
+    if spec.referee and referee.artifact_digest(spec.root / spec.baseline_run, spec) is None:
+        verdict.ok = False
+        verdict.problems.append("the referee's record of the baseline's artifact is missing")
     if not verdict.ok:
         try:  # the real interpreter, so the command can be pasted as is
             command = shlex.join(expand_command(spec.run_command, spec, spec.baseline_run))
@@ -435,20 +468,12 @@ def _run_and_judge(session: Session) -> Step:
     verdict = None
     if result.timed_out:
         status, reason = "timeout", f"killed at the {timeout:.0f} s time limit"
+    elif result.over_quota:
+        status, reason = "crashed", "killed: its run directory grew past the size cap"
     elif result.returncode != 0:
         status, reason = "crashed", f"exit code {result.returncode}"
     else:
-        verdict = validate_run(session.ws.root / name, session.spec)
-        if tampered:
-            verdict.ok = False
-            verdict.problems.append(f"the run changed protected files ({tampered})")
-        session.journal.append(
-            "verdict",
-            run_name=name,
-            ok=verdict.ok,
-            problems=verdict.problems,
-            metrics=verdict.metrics,
-        )
+        verdict = _judge(session, name, tampered)
         status, reason = ("ok", "") if verdict.ok else ("invalid", "INVALID result")
     console.print(f"{name}: [bold]{status.upper()}[/] {reason}")
     if status == "ok":
@@ -462,6 +487,47 @@ def _run_and_judge(session: Session) -> Step:
         "run_done", run_name=name, status=status, attempt=attempt, next_prompt=next_prompt
     )
     return _next_ask(session, next_prompt)
+
+
+def _judge(session: Session, name: str, tampered: str) -> Verdict:
+    """Measure (the referee), validate, and journal the verdict with the digests of what it
+    judged, so the report can tell a file changed after its verdict."""
+    ws, spec = session.ws.root, session.spec
+    problems = []
+    if spec.referee:
+        earlier = _valid_artifacts(session)
+        problems = referee.measure(ws, spec, name, earlier, live=session.live)
+    verdict = validate_run(ws / name, spec)
+    verdict.problems[:0] = problems
+    if tampered:
+        verdict.problems.append(f"the run changed protected files ({tampered})")
+    if code_digest(REPO) != session.code:
+        verdict.problems.append(
+            "the project's code (orchestrator/, saelab/) changed during the run"
+        )
+    verdict.ok = not verdict.problems
+    session.journal.append(
+        "verdict",
+        run_name=name,
+        ok=verdict.ok,
+        problems=verdict.problems,
+        metrics=verdict.metrics,
+        sources=verdict.sources,
+        artifact=referee.artifact_digest(ws / name, spec) if spec.referee else None,
+        files=file_digests(ws / name),
+        commit=session.ws.repo.head.commit.hexsha,
+    )
+    return verdict
+
+
+def _valid_artifacts(session: Session) -> dict[str, str]:
+    """Artifact digests of the baseline and of every run judged VALID so far."""
+    spec = session.spec
+    found = {spec.baseline_run: referee.artifact_digest(session.ws.root / spec.baseline_run, spec)}
+    found |= {
+        e["run_name"]: e.get("artifact") for e in session.journal.entries("verdict") if e["ok"]
+    }
+    return {name: digest for name, digest in found.items() if digest}
 
 
 def _next_ask(session: Session, prompt: str) -> Step:
@@ -589,9 +655,15 @@ def _render(name: str, **values: Any) -> str:
     return _JINJA.get_template(name).render(**values)
 
 
+# auto_reload off: the prompts are read once, so nothing written to prompts/ later changes them
 _JINJA = Environment(
-    loader=FileSystemLoader(PROMPTS), undefined=StrictUndefined, keep_trailing_newline=True
+    loader=FileSystemLoader(PROMPTS),
+    undefined=StrictUndefined,
+    keep_trailing_newline=True,
+    auto_reload=False,
 )
+for _name in ("opening.j2", "after_run.j2", "failure.j2", "no_change.j2", "guard.j2"):
+    _JINJA.get_template(_name)  # now, before any agent code has run
 
 
 # ---- endpoint, announcements, report ---------------------------------------------------------

@@ -158,7 +158,7 @@ def write_notes(
     own notes.txt, if it wrote one, is kept as the last section."""
     path = Path(workspace) / NOTES_FILE
     tokens, cost = llm_usage(journal)
-    template = _jinja().get_template("notes.txt.j2")
+    template = _NOTES
     text = template.render(
         mark=GENERATED_MARK,
         title=idea.get("Title") or idea.get("Name") or spec.name,
@@ -274,9 +274,13 @@ def _jinja() -> Environment:
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
+        auto_reload=False,
     )
     env.filters["num"] = format_number
     return env
+
+
+_NOTES = _jinja().get_template("notes.txt.j2")  # read once, at import: before any agent code
 
 
 def _last(entries: list[dict], kind: str, run_name: str | None = None) -> dict | None:

@@ -2,7 +2,10 @@
 
 - its own session and process group, killed as a whole (SIGTERM, then SIGKILL after a grace
   period) at the timeout, on Ctrl-C, and after a normal exit (stray background processes);
-- an environment without LLM credentials: the experiment is code the agent wrote;
+- agent code (experiment, plot) in the sandbox (orchestrator/sandbox.py): it writes only its run
+  directory and a private temp dir, sees an allow-listed environment, no network, no other
+  process, and whatever it starts dies with it; a run directory over its size cap is killed;
+- otherwise an environment without LLM credentials;
 - stdout and stderr streamed into log.txt with bounded memory: only ring-buffer tails stay in
   memory and the log keeps its first and last LOG_LIMIT_BYTES / 2, so a run that prints
   gigabytes costs neither RAM nor disk;
@@ -20,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -27,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from rich import get_console  # the one process-wide console every rich call shares
 from rich.console import Console, Group
@@ -35,6 +39,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
+from orchestrator.sandbox import Box, sandbox_env
 from orchestrator.templates import TemplateSpec, resolve_python
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,8 @@ POLL_SECONDS = 0.1
 CHUNK_BYTES = 64 * 1024
 MAX_PARTIAL_LINE = 64 * 1024  # a line longer than this is written without waiting for its end
 PID_FILE = ".runner.pgid"  # in a run dir while its command runs; lets a resume kill a stale run
+SCRATCH = ".scratch"  # in a workspace: private temp dirs and the lab cache overlay's writes
+QUOTA_EVERY = 1.0  # seconds between two measurements of a sandboxed run directory's size
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
@@ -70,10 +77,11 @@ class RunResult:
     stdout_tail: str  # the last TAIL_BYTES of each stream
     stderr_tail: str
     pgid: int | None = None  # the process group the command ran in
+    over_quota: bool = False  # killed because its run directory passed the size cap
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
+        return self.returncode == 0 and not self.timed_out and not self.over_quota
 
 
 def scrubbed_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -99,17 +107,48 @@ def run_experiment(
     timeout: float | None = None,
     live: bool = True,
 ) -> RunResult:
-    """Run the template's run_command for `run_name` in `workspace`, in a fresh run dir."""
-    run_dir = _fresh_run_dir(Path(workspace), run_name)
-    return run_command(
+    """Run the template's run_command for `run_name` in `workspace`, in a fresh run dir,
+    sandboxed: it may write that run dir only."""
+    workspace = Path(workspace)
+    run_dir = _fresh_run_dir(workspace, run_name)
+    return run_sandboxed(
         expand_command(spec.run_command, spec, out_dir=run_name),
-        cwd=Path(workspace),
+        spec,
+        cwd=workspace,
+        writable=run_dir,
         log_path=run_dir / "log.txt",
         timeout=spec.timeout_seconds if timeout is None else timeout,
         live=live,
         title=run_name,
         pid_file=run_dir / PID_FILE,
     )
+
+
+def run_sandboxed(
+    cmd: list[str],
+    spec: TemplateSpec,
+    cwd: Path,
+    writable: Path,
+    scratch: Path | None = None,
+    **kwargs: Any,
+) -> RunResult:
+    """`cmd` (agent or lab code) in the sandbox: `writable` and a private temp dir are all it
+    may write; the lab cache reads through an overlay whose writes go under `scratch`
+    (default: the workspace's own scratch dir, shared by its runs, never by the referee)."""
+    scratch = scratch or cwd / SCRATCH
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="home-", dir=scratch) as home:
+        env = sandbox_env(Path(home), spec.network)
+        cache = None
+        if spec.shared_cache:
+            variable, root = spec.shared_cache
+            env[variable] = str(root)
+            root.mkdir(parents=True, exist_ok=True)
+            cache = (root, scratch / "cache")
+        box = Box([Path(writable), Path(home)], spec.network, cache, spec.max_run_bytes)
+        return run_command(
+            box.wrap(cmd), cwd=cwd, env=env, quota=(Path(writable), box.max_bytes), **kwargs
+        )
 
 
 def run_command(
@@ -125,9 +164,11 @@ def run_command(
     log_limit_bytes: int = LOG_LIMIT_BYTES,
     pid_file: Path | None = None,
     console: Console | None = None,
+    quota: tuple[Path, int] | None = None,
 ) -> RunResult:
     """Run `cmd` in its own process group with a scrubbed `env` (default: os.environ), stream
-    its output to `log_path`, and kill the whole group at `timeout` seconds or on Ctrl-C."""
+    its output to `log_path`, and kill the whole group at `timeout` seconds, on Ctrl-C, or when
+    the directory of `quota` (dir, bytes) grows past its bytes."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sink = _CappedLog(log_path, log_limit_bytes // 2)
     sink.write(f"$ {shlex.join(cmd)}\n".encode())
@@ -148,10 +189,17 @@ def run_command(
             sink.write(f"could not start: {err}\n".encode())
             sink.close()
             return RunResult(None, False, 0.0, log_path, "", f"could not start {cmd[0]}: {err}")
-        tails, timed_out = _supervise(proc, sink, view, timeout, grace_seconds, pid_file)
+        tails, ended = _supervise(proc, sink, view, timeout, grace_seconds, pid_file, quota)
     seconds = time.monotonic() - start
     result = RunResult(
-        proc.returncode, timed_out, seconds, log_path, tails[0].text(), tails[1].text(), proc.pid
+        proc.returncode,
+        ended == "timeout",
+        seconds,
+        log_path,
+        tails[0].text(),
+        tails[1].text(),
+        proc.pid,
+        over_quota=ended == "quota",
     )
     view.report(result)
     return result
@@ -164,23 +212,25 @@ def _supervise(
     timeout: float,
     grace_seconds: float,
     pid_file: Path | None,
-) -> tuple[tuple[_Ring, _Ring], bool]:
-    """Stream the output and wait; whatever ends the wait (exit, timeout, Ctrl-C), kill and
-    reap the whole group. Returns the (stdout, stderr) tails and whether it timed out."""
+    quota: tuple[Path, int] | None = None,
+) -> tuple[tuple[_Ring, _Ring], str]:
+    """Stream the output and wait; whatever ends the wait (exit, timeout, quota, Ctrl-C), kill
+    and reap the whole group. Returns the (stdout, stderr) tails and "exit" | "timeout" |
+    "quota"."""
     deadline = time.monotonic() + timeout
     tails = (_Ring(TAIL_BYTES), _Ring(TAIL_BYTES))
     pumps = [
         threading.Thread(target=_pump, args=(stream, sink, tail, view.lines), daemon=True)
         for stream, tail in zip((proc.stdout, proc.stderr), tails, strict=True)
     ]
-    timed_out = False
+    ended = "exit"
     try:
         if pid_file:
             pid_file.write_text(str(proc.pid))
         for pump in pumps:
             pump.start()
         with view:
-            timed_out = _wait_for_exit(proc.pid, deadline, view)
+            ended = _wait_for_exit(proc.pid, deadline, view, quota)
     finally:
         # also on Ctrl-C: the child has its own session, so the terminal's SIGINT missed it
         _kill_group(proc.pid, grace_seconds)
@@ -189,12 +239,15 @@ def _supervise(
         for pump in pumps:
             if pump.ident is not None:
                 pump.join(timeout=5)
-        if timed_out:
+        if ended == "timeout":
             sink.write(f"\n[runner: killed after the {timeout:.0f} s timeout]\n".encode())
+        if ended == "quota" and quota:
+            cap = f"{quota[1] / 2**30:.1f} GiB"
+            sink.write(f"\n[runner: killed: {quota[0].name}/ grew past {cap}]\n".encode())
         sink.close()
         if pid_file:
             pid_file.unlink(missing_ok=True)
-    return tails, timed_out
+    return tails, ended
 
 
 def _fresh_run_dir(workspace: Path, run_name: str) -> Path:
@@ -215,15 +268,33 @@ def _fresh_run_dir(workspace: Path, run_name: str) -> Path:
     return run_dir
 
 
-def _wait_for_exit(pid: int, deadline: float, view: _View) -> bool:
+def _wait_for_exit(
+    pid: int, deadline: float, view: _View, quota: tuple[Path, int] | None = None
+) -> str:
     """Poll until the leader exits (left unreaped, so its pid cannot be reused as the group id
-    before the group is killed) or the deadline passes; True on timeout."""
+    before the group is killed), the deadline passes, or the quota dir outgrows its cap."""
+    next_quota_check = time.monotonic()
     while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-        if time.monotonic() >= deadline:
-            return True
+        now = time.monotonic()
+        if now >= deadline:
+            return "timeout"
+        if quota and now >= next_quota_check:
+            next_quota_check = now + QUOTA_EVERY
+            if _dir_bytes(quota[0]) > quota[1]:
+                return "quota"
         view.update()
         time.sleep(POLL_SECONDS)
-    return False
+    return "exit"
+
+
+def _dir_bytes(path: Path) -> int:
+    """Bytes of the files under `path` (what a run wrote); vanishing files are skipped."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
 
 
 # ---- process groups ---------------------------------------------------------------------------
@@ -428,6 +499,8 @@ class _View:
     def report(self, result: RunResult) -> None:
         if result.timed_out:
             status = "timed out"
+        elif result.over_quota:
+            status = "killed: run directory over its size cap"
         else:
             status = "ok" if result.ok else f"failed (exit {result.returncode})"
         text = f"{self.title}: {status} after {result.seconds:.1f} s, log {result.log_path}"

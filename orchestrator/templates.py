@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ TYPES = ("int", "number", "str", "bool", "object", "list", "null")
 COMPARE_OPS = (">", ">=", "<", "<=", "==", "!=")
 OPS = (*COMPARE_OPS, "finite", "exists")
 PYTHONS = ("lab", "current")
+RUN_BYTES = 8 * 2**30  # default cap on what one run may write
 REQUIRED = ("name", "description", "editable_files", "run_command", "schema", "rules")
 
 
@@ -45,6 +47,25 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class RefereeSpec:
+    """The lab's measurement of a finished run, in its own sandboxed process.
+
+    `command` gets {python}, {run_dir} (absolute) and {out_file} (where it must write its JSON,
+    outside the workspace). Its JSON's top-level blocks are the measured numbers: they replace
+    whatever the experiment reported under the same names, and a reported number that differs
+    from the measured one by more than abs_tolerance + rel_tolerance * |measured| makes the run
+    invalid. `artifact_key` is the dotted path of the artifact's sha256 in that JSON.
+    """
+
+    command: list[str]
+    result_file: str = "referee.json"
+    timeout_seconds: float = 1800.0
+    abs_tolerance: float = 1e-3
+    rel_tolerance: float = 1e-2
+    artifact_key: str = "referee.artifact_sha256"
+
+
+@dataclass(frozen=True)
 class TemplateSpec:
     root: Path
     name: str
@@ -61,6 +82,10 @@ class TemplateSpec:
     rules: list[Rule]
     key_metrics: dict[str, str]
     curves_file: str | None
+    referee: RefereeSpec | None = None
+    network: bool = False  # agent code may open TCP connections (e.g. to stream hub data)
+    shared_cache: tuple[str, Path] | None = None  # (env var, dir) the sandbox overlays
+    max_run_bytes: int = RUN_BYTES  # a run directory (or one file) past this is killed
 
 
 def load_template(template_dir: Path) -> TemplateSpec:
@@ -92,6 +117,12 @@ def load_template(template_dir: Path) -> TemplateSpec:
         rules=_rules(raw, bad),
         key_metrics=_key_metrics(raw, bad),
         curves_file=_typed(raw, "curves_file", str, bad, default=None),
+        referee=_referee(raw, bad),
+        network=_network(raw, bad),
+        shared_cache=_shared_cache(raw, bad),
+        max_run_bytes=int(
+            _typed(raw.get("sandbox") or {}, "max_run_bytes", int, bad, default=RUN_BYTES)
+        ),
     )
     if spec.python not in PYTHONS:
         raise bad("python", f"must be one of {', '.join(PYTHONS)}, not {spec.python!r}")
@@ -173,3 +204,47 @@ def _key_metrics(raw: dict, bad: Bad) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise bad("key_metrics", 'must be an object {"display name": "dotted.path"}')
     return dict(value)
+
+
+def _referee(raw: dict, bad: Bad) -> RefereeSpec | None:
+    block = raw.get("referee")
+    if block is None:
+        return None
+    if not isinstance(block, dict) or "command" not in block:
+        raise bad("referee", "must be an object with a 'command' list (docs/interfaces.md)")
+    command = _str_list(block, "command", lambda f, fix: bad(f"referee.{f}", fix))
+    if "{out_file}" not in " ".join(command) or "{run_dir}" not in " ".join(command):
+        raise bad("referee.command", "must contain '{run_dir}' and '{out_file}'")
+    numbers = {
+        name: float(_typed(block, name, (int, float), bad, default=default))
+        for name, default in (
+            ("timeout_seconds", 1800),
+            ("abs_tolerance", 1e-3),
+            ("rel_tolerance", 1e-2),
+        )
+    }
+    return RefereeSpec(
+        command=command,
+        result_file=_typed(block, "result_file", str, bad, default="referee.json"),
+        artifact_key=_typed(block, "artifact_key", str, bad, default="referee.artifact_sha256"),
+        **numbers,
+    )
+
+
+def _network(raw: dict, bad: Bad) -> bool:
+    value = (raw.get("sandbox") or {}).get("network", False)
+    if not isinstance(value, bool):
+        raise bad("sandbox.network", "must be true or false")
+    return value
+
+
+def _shared_cache(raw: dict, bad: Bad) -> tuple[str, Path] | None:
+    """The lab cache agent code reads: {"env": "SAELAB_CACHE", "default": "~/.cache/saelab"}."""
+    block = (raw.get("sandbox") or {}).get("shared_cache")
+    if block is None:
+        return None
+    if not isinstance(block, dict) or not all(
+        isinstance(block.get(k), str) for k in ("env", "default")
+    ):
+        raise bad("sandbox.shared_cache", 'must be {"env": "<VAR>", "default": "<dir>"}')
+    return block["env"], Path(os.environ.get(block["env"]) or block["default"]).expanduser()

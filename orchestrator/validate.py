@@ -1,6 +1,12 @@
-"""The validation gate: a run's result file checked against the schema and rules its template
+"""The validation gate: a run's results checked against the schema and rules its template
 declares. A run that "succeeded" with 0 training steps or a NaN loss is a failure here, and the
 verdict is what the agent is told. Nothing in this module knows what the metrics mean.
+
+Two files make a run's results: the experiment's own result file (reported: training facts it
+alone knows) and, when the template has a referee, the referee's (measured by the lab from the
+run's artifact). The measured file's top-level blocks replace the reported ones of the same
+name; a reported number that disagrees with the measured one invalidates the run, and every key
+metric is tagged with where it came from.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.templates import Rule, TemplateSpec
+from orchestrator.templates import RefereeSpec, Rule, TemplateSpec
+
+MEASURED, REPORTED = "measured", "reported"
 
 COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
@@ -53,14 +61,19 @@ class Verdict:
     ok: bool
     problems: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)  # key metric name -> value or None
+    sources: dict[str, str] = field(default_factory=dict)  # key metric name -> MEASURED | REPORTED
 
     def summary(self) -> str:
         """Multi-line text for the agent and the journal: the verdict, problems, key metrics."""
         head = "VALID" if self.ok else f"INVALID: {len(self.problems)} problem(s)"
         lines = [head, *(f"- {p}" for p in self.problems)]
         if self.metrics:
-            lines.append("key metrics: " + ", ".join(f"{k}={v!r}" for k, v in self.metrics.items()))
+            shown = [f"{k}={v!r}{self._mark(k)}" for k, v in self.metrics.items()]
+            lines.append("key metrics: " + ", ".join(shown))
         return "\n".join(lines)
+
+    def _mark(self, name: str) -> str:
+        return " (reported by the experiment)" if self.sources.get(name) == REPORTED else ""
 
 
 def get_path(data: Mapping, dotted: str) -> Any:
@@ -73,27 +86,72 @@ def get_path(data: Mapping, dotted: str) -> Any:
     return node
 
 
-def validate_result(result: Mapping, spec: TemplateSpec) -> Verdict:
-    """Check a parsed result against the template's schema, then its rules."""
-    problems = [p for path, kind in spec.schema.items() if (p := _check_type(result, path, kind))]
-    problems += [p for rule in spec.rules if (p := _check_rule(result, rule))]
-    metrics = {name: _lookup(result, path) for name, path in spec.key_metrics.items()}
-    return Verdict(ok=not problems, problems=problems, metrics=metrics)
+def validate_result(
+    result: Mapping, spec: TemplateSpec, measured: Mapping | None = None
+) -> Verdict:
+    """Check a parsed result (with the referee's `measured` blocks laid over it) against the
+    template's schema, then its rules."""
+    merged = {**result, **(measured or {})}
+    problems = disagreements(result, measured, spec) if measured is not None else []
+    problems += [p for path, kind in spec.schema.items() if (p := _check_type(merged, path, kind))]
+    problems += [p for rule in spec.rules if (p := _check_rule(merged, rule))]
+    metrics = {name: _lookup(merged, path) for name, path in spec.key_metrics.items()}
+    source = {name: _source(path, measured) for name, path in spec.key_metrics.items()}
+    return Verdict(ok=not problems, problems=problems, metrics=metrics, sources=source)
 
 
 def validate_run(run_dir: Path, spec: TemplateSpec) -> Verdict:
-    """Validate `run_dir/<result_file>`; a missing or unreadable file is an invalid run."""
-    path = Path(run_dir) / spec.result_file
+    """Validate `run_dir`'s result file (and referee file); a missing or unreadable file is an
+    invalid run."""
+    result = _read(Path(run_dir) / spec.result_file, "the experiment must write it to --out_dir")
+    if isinstance(result, str):
+        return _unreadable(spec, result)
+    measured = None
+    if spec.referee:
+        measured = _read(Path(run_dir) / spec.referee.result_file, "the lab did not measure it")
+        if isinstance(measured, str):
+            return _unreadable(spec, measured)
+    return validate_result(result, spec, measured)
+
+
+def disagreements(reported: Mapping, measured: Mapping | None, spec: TemplateSpec) -> list[str]:
+    """A reported number the referee measured differently, for every path the template names."""
+    if not measured or not spec.referee:
+        return []
+    paths = {*spec.schema, *(r.metric for r in spec.rules), *spec.key_metrics.values()}
+    found = []
+    for path in sorted(p for p in paths if p.split(".")[0] in measured):
+        told, seen = _lookup(reported, path), _lookup(measured, path)
+        if _is_number(told) and _is_number(seen) and _differ(told, seen, spec.referee):
+            found.append(
+                f"{path}: the experiment reported {told!r}, the lab measured {seen!r} from the "
+                "saved SAE: report only what the lab can reproduce (or nothing)"
+            )
+    return found
+
+
+def _differ(told: float, seen: float, referee: RefereeSpec) -> bool:
+    if not (math.isfinite(told) and math.isfinite(seen)):
+        return not (told == seen or (math.isnan(told) and math.isnan(seen)))
+    return abs(told - seen) > referee.abs_tolerance + referee.rel_tolerance * abs(seen)
+
+
+def _source(path: str, measured: Mapping | None) -> str:
+    return MEASURED if measured and path.split(".")[0] in measured else REPORTED
+
+
+def _read(path: Path, why_missing: str) -> Mapping | str:
+    """The JSON object in `path`, or the problem with it as one line."""
     where = f"{path.parent.name}/{path.name}"
     if not path.is_file():
-        return _unreadable(spec, f"{where}: missing; the experiment must write it to --out_dir")
+        return f"{where}: missing; {why_missing}"
     try:
         result = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        return _unreadable(spec, f"{where}: not valid JSON ({err})")
+        return f"{where}: not valid JSON ({err})"
     if not isinstance(result, Mapping):
-        return _unreadable(spec, f"{where}: must hold a JSON object, not {type(result).__name__}")
-    return validate_result(result, spec)
+        return f"{where}: must hold a JSON object, not {type(result).__name__}"
+    return result
 
 
 def _unreadable(spec: TemplateSpec, problem: str) -> Verdict:

@@ -24,10 +24,11 @@ MANIFEST = Path(".git") / "scientist" / "manifest.json"
 JOURNAL = "journal.jsonl"
 # Outputs the orchestrator itself writes; never counted as "added" by the agent.
 RUN_DIR = re.compile(r"run_\d+$")
-IGNORED_PARTS = {".git", "__pycache__", ".pytest_cache"}
+IGNORED_PARTS = {".git", "__pycache__", ".pytest_cache", ".scratch"}
 IGNORED_NAMES = {JOURNAL}
 IGNORED_PREFIXES = (".aider",)
-EXCLUDE = ["run_*/", JOURNAL, "__pycache__/", ".aider*", "*.png"]  # .git/info/exclude
+EXCLUDE = ["run_*/", JOURNAL, "__pycache__/", ".aider*", "*.png", ".scratch/"]  # .git/info/exclude
+CODE_DIRS = ("orchestrator", "saelab")  # the project code that runs and measures experiments
 AUTHOR = git.Actor("sae-scientist", "sae-scientist@localhost")
 
 
@@ -189,3 +190,33 @@ def _tracked(repo: git.Repo, path: str) -> bool:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def file_digests(directory: Path) -> dict[str, str]:
+    """sha256 of every file under `directory` (relative posix path -> hex digest)."""
+    root = Path(directory)
+    return {
+        path.relative_to(root).as_posix(): _sha256(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    }
+
+
+def code_digest(project: Path) -> str:
+    """One digest of the project's code as it is on disk (CODE_DIRS' Python files)."""
+    digest = hashlib.sha256()
+    for folder in CODE_DIRS:
+        for path in sorted((Path(project) / folder).rglob("*.py")):
+            digest.update(path.relative_to(project).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def dirty_code(project: Path) -> list[str]:
+    """Uncommitted changes to CODE_DIRS (empty outside a git checkout: nothing to compare)."""
+    try:
+        repo = git.Repo(project)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return []
+    status = repo.git.status("--porcelain", "--untracked-files=all", "--", *CODE_DIRS)
+    return [line[3:] for line in status.splitlines() if not line.endswith(".pyc")]

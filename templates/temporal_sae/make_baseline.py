@@ -1,11 +1,13 @@
-"""Produce run_0, the baseline every idea is compared against: run experiment.py for real, then
-validate its final_info.json against template.json's rules plus its baseline_rules (the quality
-floor of the CPU default). Never hand-write run_0.
+"""Produce run_0, the baseline every idea is compared against: run experiment.py for real, have
+the lab's referee measure the SAE it saved (the same sandboxed step the loop runs), then
+validate against template.json's rules plus its baseline_rules (the quality floor of the CPU
+default). Never hand-write run_0.
 
     .venvs/lab/bin/python templates/temporal_sae/make_baseline.py              # -> run_0/
     .venvs/lab/bin/python templates/temporal_sae/make_baseline.py --out_dir=/tmp/r0 --budget=tiny
 
-Extra flags go to experiment.py unchanged. Exit status 0 only when the run is valid.
+Extra flags go to experiment.py unchanged; --budget also picks the referee's lab profile.
+Exit status 0 only when the run is valid.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from orchestrator import referee
 from orchestrator.templates import Rule, TemplateSpec, load_template
 from orchestrator.validate import Verdict, validate_run
 
@@ -26,12 +29,16 @@ HERE = Path(__file__).resolve().parent
 console = Console()
 
 
-def baseline_spec() -> TemplateSpec:
-    """The template's spec with the baseline floor appended to its rules."""
+def baseline_spec(budget: str) -> TemplateSpec:
+    """The template's spec with the baseline floor appended to its rules and the referee
+    measuring with the lab profile of `budget`."""
     spec = load_template(HERE)
     raw = json.loads((HERE / "template.json").read_text())
     floor = [Rule(**rule) for rule in raw.get("baseline_rules", [])]
-    return dataclasses.replace(spec, rules=[*spec.rules, *floor])
+    command = list(spec.referee.command)
+    command[command.index("--profile") + 1] = budget
+    judge = dataclasses.replace(spec.referee, command=command)
+    return dataclasses.replace(spec, rules=[*spec.rules, *floor], referee=judge)
 
 
 def run_experiment(out_dir: Path, extra: list[str]) -> None:
@@ -43,14 +50,19 @@ def run_experiment(out_dir: Path, extra: list[str]) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", type=Path, default=HERE / "run_0")
+    parser.add_argument("--budget", default="cpu")
     args, extra = parser.parse_known_args(argv)
     out_dir = args.out_dir.resolve()
     try:
-        run_experiment(out_dir, extra)
+        run_experiment(out_dir, [f"--budget={args.budget}", *extra])
     except subprocess.CalledProcessError as error:
         console.print(f"[red]experiment.py failed with exit status {error.returncode}[/]")
         return 1
-    verdict: Verdict = validate_run(out_dir, baseline_spec())
+    spec = baseline_spec(args.budget)
+    problems = referee.measure(out_dir.parent, spec, out_dir.name, earlier={}, live=True)
+    verdict: Verdict = validate_run(out_dir, spec)
+    verdict.problems[:0] = problems
+    verdict.ok = not verdict.problems
     console.print(verdict.summary())
     return 0 if verdict.ok else 1
 

@@ -1,6 +1,6 @@
 """templates/temporal_sae: the SAE classes and trainer on synthetic data, then the real experiment
-at the tiny budget (Gemma 3 270M, a tiny cached slice) validated against template.json's rules,
-and an all-zero SAE that those rules must reject."""
+at the tiny budget (Gemma 3 270M, a tiny cached slice) measured by the referee and validated
+against template.json's rules, and an all-zero SAE that those rules must reject."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import torch
 
 from orchestrator.templates import load_template
 from orchestrator.validate import validate_result, validate_run
+from saelab.evals import EVALS, Normalized, run_evals
+from saelab.profiles import profile
+from saelab.referee import measure
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "templates" / "temporal_sae"
 EV = "core.eval_result_metrics.reconstruction_quality.explained_variance"
@@ -187,11 +190,23 @@ def test_two_seeds_trained_on_the_same_data_share_features(ex):
 
 
 # ---------------------------------------------------------------------------- end to end
+TINY = profile("tiny")
+
+
+def referee_json(run_dir: Path, evals: tuple[str, ...] = EVALS) -> dict:
+    """What the referee writes for `run_dir`, measured in this process at the tiny sizes."""
+    measured = measure(run_dir, TINY, evals)
+    (run_dir / "referee.json").write_text(json.dumps(measured, default=float))
+    return measured
+
+
 @pytest.fixture(scope="module")
 def tiny_run(ex, tmp_path_factory) -> Path:
-    """The real experiment at the tiny budget: Gemma 3 270M, a 16k-token cached slice."""
+    """The real experiment at the tiny budget: Gemma 3 270M, a 16k-token cached slice, then
+    the referee's measurement of the SAE it saved."""
     out_dir = tmp_path_factory.mktemp("tiny") / "run_1"
     ex.main([f"--out_dir={out_dir}", "--budget=tiny"])
+    referee_json(out_dir)
     return out_dir
 
 
@@ -201,23 +216,66 @@ def test_tiny_run_trains_and_passes_the_template_rules(tiny_run):
     assert info["training_steps"] > 0 and info["tokens_seen"] > 0
     assert curve["loss"][-1] < curve["loss"][0]
     assert curve["step"][-1] == info["training_steps"]
+    assert not set(EVALS) & set(info), "the experiment no longer evaluates: the referee does"
     verdict = validate_run(tiny_run, load_template(TEMPLATE))
     assert verdict.ok, verdict.summary()
-    for eval_id in ("core", "sparse_probing", "unlearning", "temporal"):
-        assert info[eval_id]["eval_type_id"] == eval_id
+    assert verdict.sources["explained variance"] == "measured"
+    assert verdict.sources["training steps"] == "reported"
+    measured = json.loads((tiny_run / "referee.json").read_text())
+    for eval_id in EVALS:
+        assert measured[eval_id]["eval_type_id"] == eval_id
+    assert measured["referee"]["purity"] == dict.fromkeys(measured["referee"]["purity"], 1.0)
     assert (tiny_run / "sae_weights.safetensors").is_file()
 
 
+def test_referee_numbers_equal_the_in_process_evals(ex, tmp_path):
+    """The regression test of the move: an SAE measured from its exported programs scores what
+    the in-process evals gave the module itself (the path experiment.py used to take)."""
+    cfg = ex.parse_args([f"--out_dir={tmp_path}", "--budget=tiny", "--architecture=topk"])
+    model, train_cache, test_cache = ex.load_data(cfg)
+    torch.manual_seed(0)
+    sae = ex.build_sae(cfg, model.d_model, ex.data_mean(train_cache, "cpu")).eval()
+    scale = train_cache.norm_scale
+    with torch.no_grad():
+        before = run_evals(
+            Normalized(sae, scale), model, cfg.layer, EVALS, test_cache, TINY.eval_config()
+        )
+    ex.save_sae(sae, scale, cfg, tmp_path, train_cache.acts[:2].float())
+    after = referee_json(tmp_path)
+    for eval_id in EVALS:
+        for path, value in leaves(before[eval_id]["eval_result_metrics"]):
+            assert after_value(after[eval_id]["eval_result_metrics"], path) == pytest.approx(
+                value, rel=1e-4, abs=1e-5, nan_ok=True
+            ), f"{eval_id}.{path}"
+
+
+def leaves(tree: dict, prefix: str = "") -> list[tuple[str, float]]:
+    found = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            found += leaves(value, f"{prefix}{key}.")
+        elif isinstance(value, float | int) and not isinstance(value, bool):
+            found.append((f"{prefix}{key}", value))
+    return found
+
+
+def after_value(tree: dict, path: str) -> float:
+    for key in path.split("."):
+        tree = tree[key]
+    return tree
+
+
 def test_a_twin_seed_measures_feature_stability(ex, tmp_path):
-    """stability_seed trains the same SAE from a second seed; their decoders match partly."""
+    """stability_seed trains the same SAE from a second seed; the referee measures the pair."""
     with pytest.raises(ValueError, match="stability_seed must differ"):
         ex.Config(out_dir="r", seed=3, stability_seed=3)
     out_dir = tmp_path / "run_s"
-    ex.main([f"--out_dir={out_dir}", "--budget=tiny", "--evals=temporal", "--stability_seed=1"])
-    info = json.loads((out_dir / "final_info.json").read_text())
-    stability = info["temporal"]["eval_result_metrics"]["temporal"]["feature_stability"]
+    ex.main([f"--out_dir={out_dir}", "--budget=tiny", "--stability_seed=1"])
+    measured = referee_json(out_dir, ("temporal",))
+    stability = measured["temporal"]["eval_result_metrics"]["temporal"]["feature_stability"]
     # the tiny SAEs barely leave their random init (~0.16 here); 1.0 would mean no twin at all
     assert 0 < stability < 0.99, stability
+    assert measured["referee"]["twin_sha256"] not in (None, measured["referee"]["artifact_sha256"])
 
 
 def test_saved_sae_reads_raw_residuals(ex, tiny_run):
@@ -231,23 +289,18 @@ def test_saved_sae_reads_raw_residuals(ex, tiny_run):
     assert set(weights) >= {"W_enc", "b_enc", "W_dec", "b_dec"}
 
 
-def test_an_all_zero_sae_fails_the_rules(ex, tiny_run):
-    """The old system's failure: zero weights. Its evals must not pass template.json."""
-    from saelab.activations import harvest
-    from saelab.models import load_model
-
-    cfg = ex.parse_args([f"--out_dir={tiny_run}", "--budget=tiny"])
-    model = load_model(cfg.model_name)
-    cache = harvest(model, cfg.layer, cfg.corpus, cfg.seq_len, cfg.cache_tokens)
-    train_cache, test_cache = cache.split(cfg.test_fraction)
+def test_an_all_zero_sae_fails_the_rules(ex, tiny_run, tmp_path):
+    """The old system's failure: zero weights. The referee's numbers must not pass."""
+    cfg = ex.parse_args([f"--out_dir={tmp_path}", "--budget=tiny"])
+    model, train_cache, _ = ex.load_data(cfg)
     sae = ex.build_sae(cfg, model.d_model, ex.data_mean(train_cache, "cpu"))
     with torch.no_grad():
         for parameter in sae.parameters():
             parameter.zero_()
-    blocks = ex.evaluate(sae, model, test_cache, train_cache.norm_scale, cfg)
-    # keep the real training facts: the eval rules alone must catch the zero SAE
-    info = {**json.loads((tiny_run / "final_info.json").read_text()), **blocks}
-    verdict = validate_result(info, load_template(TEMPLATE))
+    ex.save_sae(sae, train_cache.norm_scale, cfg, tmp_path, train_cache.acts[:2].float())
+    # keep the real training facts: the measured numbers alone must catch the zero SAE
+    info = json.loads((tiny_run / "final_info.json").read_text())
+    verdict = validate_result(info, load_template(TEMPLATE), referee_json(tmp_path))
     assert not verdict.ok
     failed = "\n".join(verdict.problems)
     assert EV in failed and L0 in failed
@@ -255,9 +308,26 @@ def test_an_all_zero_sae_fails_the_rules(ex, tiny_run):
 
 def test_a_sae_that_reads_future_tokens_fails_the_rules(tiny_run):
     info = json.loads((tiny_run / "final_info.json").read_text())
-    info["core"]["eval_result_metrics"]["misc"]["causal"] = 0.0  # as check_causal reports it
-    verdict = validate_result(info, load_template(TEMPLATE))
+    measured = json.loads((tiny_run / "referee.json").read_text())
+    measured["core"]["eval_result_metrics"]["misc"]["causal"] = 0.0  # as check_causal reports it
+    verdict = validate_result(info, load_template(TEMPLATE), measured)
     assert not verdict.ok and "reads future tokens" in "\n".join(verdict.problems)
+
+
+def test_a_reported_number_the_lab_cannot_reproduce_invalidates_the_run(tiny_run):
+    """The copy-and-claim attack: whatever the experiment writes, the measured number counts,
+    and a reported one that disagrees makes the run invalid, saying both."""
+    info = json.loads((tiny_run / "final_info.json").read_text())
+    measured = json.loads((tiny_run / "referee.json").read_text())
+    claimed = json.loads(json.dumps(measured["core"]))
+    claimed["eval_result_metrics"]["reconstruction_quality"]["explained_variance"] = 0.97
+    verdict = validate_result({**info, "core": claimed}, load_template(TEMPLATE), measured)
+    true_ev = measured["core"]["eval_result_metrics"]["reconstruction_quality"][
+        "explained_variance"
+    ]
+    assert not verdict.ok
+    assert f"reported 0.97, the lab measured {true_ev!r}" in verdict.problems[0]
+    assert verdict.metrics["explained variance"] == true_ev
 
 
 def test_plot_writes_readable_pngs(tiny_run, tmp_path, monkeypatch):

@@ -47,7 +47,8 @@ def launch_args(tmp_path: Path) -> Callable[..., list[str]]:
 
     def args(*extra: str) -> list[str]:
         dirs = ["--results-dir", str(tmp_path / "results"), "--template-dir", str(TEMPLATES)]
-        return [sys.executable, str(script), *dirs, "--ideas-dir", str(IDEAS), *extra]
+        ideas = ["--ideas-dir", str(IDEAS), "--allow-dirty-code"]  # a developer's tree is dirty
+        return [sys.executable, str(script), *dirs, *ideas, *extra]
 
     return args
 
@@ -86,6 +87,7 @@ def run_loop(tmp_path: Path, scripted: Callable) -> Callable[..., tuple[Path, Re
             templates_dir=TEMPLATES,
             ideas_dir=IDEAS,
             live=False,
+            allow_dirty_code=True,  # a developer's tree is dirty; test_sandbox checks the refusal
         )
         for name, value in overrides.items():
             setattr(settings, name, value)

@@ -12,6 +12,7 @@ from pathlib import Path
 import git
 import pytest
 
+from orchestrator import sandbox
 from orchestrator.journal import Journal
 from orchestrator.replay_server import END_MARKER
 from orchestrator.workspace import Workspace
@@ -82,7 +83,12 @@ def last_prompt(server, i: int) -> str:
 def test_crash_traceback_is_fed_back_then_fixed(run_loop, reply):
     responses = [
         reply("Normalise the loss.", ("experiment.py", LOSS_LINE, CRASH_LINE)),
-        reply("Undo the division by zero.", ("experiment.py", CRASH_LINE, LOSS_LINE)),
+        # a fix that only undid the edit would hand in run_0's weights again: not new work
+        reply(
+            "Undo the division by zero.",
+            ("experiment.py", CRASH_LINE, LOSS_LINE),
+            knob("learning_rate", "0.04"),
+        ),
     ]
     ws, server = run_loop(responses, max_runs=1)
     assert statuses(ws) == [("run_1", "crashed"), ("run_1", "ok")]
@@ -141,8 +147,12 @@ def test_experiment_writing_a_protected_file_invalidates_the_run(run_loop, reply
     responses = [reply("Save a copy.", ("experiment.py", save, f"{save}\n{tamper}"))]
     ws, _ = run_loop(responses, max_runs=1, max_iters=1)
     assert json.loads((ws / "template.json").read_text())["name"] == "tiny"
-    assert statuses(ws) == [("run_1", "invalid")]
-    assert "protected" in kinds(ws, "verdict")[0]["problems"][-1]
+    if sandbox.probe().landlock_abi:  # blocked: the write fails inside the sandbox
+        assert statuses(ws) == [("run_1", "crashed")]
+        assert "PermissionError" in kinds(ws, "run_done")[0]["next_prompt"]
+    else:  # caught: the guard restores the file and the verdict says so
+        assert statuses(ws) == [("run_1", "invalid")]
+        assert "protected" in kinds(ws, "verdict")[0]["problems"][-1]
 
 
 def test_empty_diff_is_not_run_again(run_loop, reply):
@@ -263,7 +273,7 @@ def test_ctrl_c_in_agent_turn_then_resume_asks_again(run_loop, reply, monkeypatc
     (ws,) = (tmp_path / "results").iterdir()
     assert [e["kind"] for e in Journal(ws / "journal.jsonl").entries()][-1] == "prompt"
 
-    assert loop.run(loop.Settings(resume=ws, live=False)) == ws
+    assert loop.run(loop.Settings(resume=ws, live=False, allow_dirty_code=True)) == ws
     prompts = kinds(ws, "prompt")
     assert prompts[0]["text"] == prompts[1]["text"]  # the cut-off turn is asked again
     assert statuses(ws) == [("run_1", "ok")]
@@ -303,7 +313,7 @@ def test_resume_killed_after_the_closing_commit_just_ends(run_loop, reply):
     assert json.loads(lines[-1])["kind"] == "end" and json.loads(lines[-2])["kind"] == "commit"
     journal.write_text("".join(lines[:-1]))  # as if killed right after the commit
 
-    loop.run(loop.Settings(resume=ws, live=False))
+    loop.run(loop.Settings(resume=ws, live=False, allow_dirty_code=True))
     steps = [e["kind"] for e in Journal(journal).entries()]
     assert steps[-3:] == ["commit", "setup", "end"]  # the resume re-checked the caches only
     assert kinds(ws, "end")[-1]["reason"] == "agent answered ALL_COMPLETED"

@@ -76,10 +76,15 @@ def test_edited_experiment_trains_and_validates(idea, tmp_path):
     command = [lab_python(), EDITED, "--out_dir=run_1", "--budget=tiny"]
     done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    referee = [lab_python(), "-m", "saelab.referee", "run_1", "--profile", "tiny"]
+    referee += ["--out", "run_1/referee.json"]  # the lab measures the tiny run at tiny sizes
+    done = subprocess.run(referee, cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     verdict = validate_run(workdir / "run_1", load_template(TEMPLATE))
     assert verdict.ok, verdict.summary()
     info = json.loads((workdir / "run_1" / "final_info.json").read_text())
     assert info["architecture"] != "batchtopk", "the playbook's architecture did not take effect"
     if idea == "temporal_consistency_sae":  # its last run trains a twin from a second seed
-        stability = info["temporal"]["eval_result_metrics"]["temporal"]["feature_stability"]
+        measured = json.loads((workdir / "run_1" / "referee.json").read_text())
+        stability = measured["temporal"]["eval_result_metrics"]["temporal"]["feature_stability"]
         assert 0 < stability < 0.99, stability  # 1.0: the twin would be the same SAE

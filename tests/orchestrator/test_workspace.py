@@ -22,7 +22,13 @@ def test_pristine_commit_and_manifest(ws):
     assert ws.root.name.endswith("_tiny_lr") and (ws.root / "run_0" / "final_info.json").is_file()
     head = ws.repo.head.commit
     assert head.hexsha == ws.pristine and head.message.startswith("template: pristine")
-    assert set(ws.protected) == {"template.json", "run_0/final_info.json", "run_0/loss_curve.json"}
+    baseline = {
+        "run_0/final_info.json",
+        "run_0/loss_curve.json",
+        "run_0/referee.json",
+        "run_0/w.npy",
+    }
+    assert set(ws.protected) == {"template.json", "referee.py", *baseline}
     assert not ws.check_protected()
     assert Workspace.open(ws.root).protected == ws.protected
     assert not ws.repo.is_dirty(untracked_files=True)  # the manifest lives inside .git

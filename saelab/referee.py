@@ -1,0 +1,135 @@
+"""The referee: measures a run's exported SAE in its own process, with the lab's pinned settings.
+
+    python -m saelab.referee results/<ws>/run_1 --out /tmp/referee.json --profile cpu
+
+It never imports workspace code: it loads `encode.pt2` / `decode.pt2` (saelab.artifact), checks
+that they behave like an SAE (purity), and runs core, sparse probing, unlearning and temporal
+evals on the lab's held-out split with the model, layer, sequence length and eval sizes of the
+profile (saelab.profiles), whatever the experiment trained on. A twin SAE handed in under
+`twin/` is measured for feature stability. Writes one JSON object:
+
+    {"referee": {lab_version, profile, artifact_sha256, twin_sha256, n_weights, purity,
+                 seconds}, "core": {...}, "sparse_probing": {...}, "unlearning": {...},
+     "temporal": {...}}
+
+Purity facts (1.0 holds, 0.0 violated), each a template rule:
+    stateless         no buffer is written by a call, and the same input gives the same output
+    batch_independent a sequence's latents and reconstruction do not depend on the others in
+                      the batch (encode and decode commute with permuting the batch)
+    decodes_any_code  decode works on a sparse code encode did not produce (finite, right shape)
+A problem the user can fix (missing or unloadable artifact) is one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# before torch is imported: torch.export.load must never fall back to full unpickling
+os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from saelab.activations import harvest  # noqa: E402
+from saelab.artifact import FILES, ArtifactError, ExportedSAE, load_artifact, sha256_files  # noqa: E402
+from saelab.cache import SaelabError  # noqa: E402
+from saelab.evals import EVALS, run_evals  # noqa: E402
+from saelab.models import load_model  # noqa: E402
+from saelab.profiles import Profile, profile  # noqa: E402
+
+console = Console(stderr=True)
+LAB = Path(__file__).resolve().parent
+TWIN_DIR = "twin"
+PURITY_SEQS = 4  # held-out sequences the purity checks run on
+
+
+def lab_version() -> str:
+    """sha256 of the lab's own source (saelab/**/*.py): which code measured a run."""
+    digest = hashlib.sha256()
+    for path in sorted(LAB.rglob("*.py")):
+        digest.update(path.relative_to(LAB).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def purity(sae: ExportedSAE, x_BLD: Tensor) -> dict[str, float]:
+    """The purity facts of the module docstring, on held-out residuals x [B >= 2, L, D]."""
+    f1, f2 = sae.encode(x_BLD), sae.encode(x_BLD)
+    x_hat1, x_hat2 = sae.decode(f1), sae.decode(f1)
+    stateless = not sae.mutated_buffers and torch.equal(f1, f2) and torch.equal(x_hat1, x_hat2)
+    perm = torch.arange(x_BLD.shape[0] - 1, -1, -1)  # reversed: every row moves when B >= 2
+    batch_independent = torch.allclose(sae.encode(x_BLD[perm]), f1[perm], atol=1e-5) and (
+        torch.allclose(sae.decode(f1[perm]), x_hat1[perm], atol=1e-4)
+    )
+    code = torch.zeros_like(f1)
+    generator = torch.Generator().manual_seed(0)
+    index = torch.randint(sae.d_sae, (*f1.shape[:-1], 8), generator=generator)
+    code.scatter_(-1, index, torch.rand(index.shape, generator=generator) * f1.abs().max())
+    other = sae.decode(code)
+    decodes_any = other.shape == x_BLD.shape and bool(torch.isfinite(other).all())
+    facts = {
+        "stateless": stateless,
+        "batch_independent": batch_independent,
+        "decodes_any_code": decodes_any,
+    }
+    return {name: float(ok) for name, ok in facts.items()}
+
+
+def measure(run_dir: Path, lab: Profile, evals: tuple[str, ...] = EVALS) -> dict:
+    """Everything the referee writes for `run_dir` (see the module docstring)."""
+    start = time.perf_counter()
+    sae = load_artifact(run_dir)
+    twin_dir = run_dir / TWIN_DIR
+    twin = load_artifact(twin_dir) if (twin_dir / FILES[0]).exists() else None
+    model = load_model(lab.model_name)
+    if sae.d_in != model.d_model:
+        raise ArtifactError(
+            f"the SAE reads {sae.d_in}-dim inputs but {lab.model_name} layer {lab.layer} has "
+            f"{model.d_model}: train on the lab's model ({lab.model_name})"
+        )
+    cache = harvest(model, lab.layer, lab.corpus, lab.seq_len, lab.cache_tokens)
+    _, test = cache.split(lab.test_fraction)
+    facts = purity(sae, test.acts[:PURITY_SEQS].float())
+    blocks = run_evals(
+        sae, model, lab.layer, evals, test_cache=test, config=lab.eval_config(), sae_b=twin
+    )
+    record = {
+        "lab_version": lab_version(),
+        "profile": vars(lab),
+        "artifact_sha256": sha256_files([run_dir / name for name in FILES]),
+        "twin_sha256": sha256_files([twin_dir / name for name in FILES]) if twin else None,
+        "n_weights": sae.n_weights,
+        "purity": facts,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return {"referee": record, **blocks}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON")
+    parser.add_argument("--profile", default="cpu", help="saelab.profiles name: cpu|tiny|gpu")
+    parser.add_argument("--evals", default=",".join(EVALS))
+    args = parser.parse_args(argv)
+    try:
+        result = measure(
+            args.run_dir.resolve(), profile(args.profile), tuple(args.evals.split(","))
+        )
+    except (ArtifactError, SaelabError, ValueError) as error:
+        console.print(f"[red]referee:[/] {error}", highlight=False)
+        return 2
+    args.out.write_text(json.dumps(result, indent=2, default=float))
+    console.print(f"referee: measured {args.run_dir} in {result['referee']['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
