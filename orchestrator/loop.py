@@ -143,12 +143,9 @@ def run(settings: Settings) -> Path:
     started = float(os.environ.get(STARTED_AT) or time.time())
     environments = float(os.environ.get(ENV_SECONDS) or 0.0)
     _check_code(settings)
-    protections = _check_sandbox(settings)
+    _check_sandbox(settings)
     session = _resume(settings) if settings.resume else _start(settings)
     session.code = code_digest(REPO)
-    session.journal.append(
-        "sandbox", missing=protections.missing(), network=session.spec.network, code=session.code
-    )
     session.phases["environments"] = environments
     session.started_at = started
     _announce(session)
@@ -214,7 +211,7 @@ def _start(settings: Settings) -> Session:
         timeout=settings.timeout,
         pristine=ws.pristine,
     )
-    journal.append("setup", seconds=round(setup_seconds, 3))
+    _journal_setup(journal, setup_seconds, spec)
     session = Session(ws, load_template(ws.root), idea, journal, choice, settings)
     session.phases["lab caches"] = setup_seconds
     return session
@@ -258,9 +255,20 @@ def _resume(settings: Settings) -> Session:
     session.run_number, session.failures = _progress(journal)
     if journal.last("end") is None:  # an ended workspace only gets its report rewritten
         session.phases["lab caches"] = _setup(spec)
-        journal.append("setup", seconds=round(session.phases["lab caches"], 3))
+        _journal_setup(journal, session.phases["lab caches"], spec)
     console.print(f"[bold]resuming[/] {ws.root} at {session.run_name}")
     return session
+
+
+def _journal_setup(journal: Journal, seconds: float, spec: TemplateSpec) -> None:
+    """What this invocation runs with: setup time, the sandbox's gaps, the code's digest."""
+    journal.append(
+        "setup",
+        seconds=round(seconds, 3),
+        sandbox_missing=sandbox.probe().missing(),
+        network=spec.network,
+        code=code_digest(REPO),
+    )
 
 
 def _resumed_choice(settings: Settings, start: dict, journal: Journal) -> LLMChoice:
@@ -293,13 +301,12 @@ def _check_code(settings: Settings) -> None:
         )
 
 
-def _check_sandbox(settings: Settings) -> sandbox.Protections:
+def _check_sandbox(settings: Settings) -> None:
     protections = sandbox.probe()
     if protections.missing() and settings.require_sandbox:
         raise LoopError(f"{protections.summary()}; --require-sandbox refuses to run agent code")
     style = "bold red" if protections.missing() else "dim"
     console.print(f"[{style}]{protections.summary()}[/]")
-    return protections
 
 
 def _baseline_gate(spec: TemplateSpec) -> Verdict:

@@ -190,6 +190,8 @@ def run_command(
             sink.close()
             return RunResult(None, False, 0.0, log_path, "", f"could not start {cmd[0]}: {err}")
         tails, ended = _supervise(proc, sink, view, timeout, grace_seconds, pid_file, quota)
+    if quota and ended == "exit" and _dir_bytes(quota[0]) > quota[1]:  # grew between checks
+        ended = "quota"
     seconds = time.monotonic() - start
     result = RunResult(
         proc.returncode,

@@ -223,15 +223,19 @@ def _pid_file(results: Path) -> Path | None:
 
 
 def test_resume_after_sigkill_mid_run_loses_nothing(tmp_path, scripted, reply, launch_args):
-    # Only the first launch's run hangs (TINY_SLEEP is in its environment, not the resume's),
-    # so a group still gone after the quick resume was ended by the resume, not by the clock.
-    slow = 'float(__import__("os").environ.get("TINY_SLEEP", "0"))'
-    server = scripted([set_knob(reply, "Sleep when asked.", "sleep_seconds", slow)])
+    # Only the first launch's run hangs (the flag file is gone before the resume), so a group
+    # still gone after the quick resume was ended by the resume, not by the clock. (A file, not
+    # an environment variable: the sandbox passes experiments an allow-listed environment.)
+    flag = tmp_path / "sleep.flag"
+    flag.write_text("60")
+    slow = f'float(__import__("pathlib").Path({str(flag)!r}).read_text() or 0)'
+    server = scripted(
+        [reply("Sleep when asked.", knob("sleep_seconds", slow), knob("steps", "300"))]
+    )
     model = ("--model", "openai/scripted", "--api-base", server.url)
     launch = launch_args("--idea", "tiny_lr", *model, "--max-runs", "1")
-    env = {**os.environ, "TINY_SLEEP": "60"}
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(launch, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(launch, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
             pid_file = wait_for(lambda: _pid_file(tmp_path / "results"), 60)
         finally:
@@ -243,6 +247,7 @@ def test_resume_after_sigkill_mid_run_loses_nothing(tmp_path, scripted, reply, l
     before = (ws / "journal.jsonl").read_text()
     assert [e["kind"] for e in kinds(ws, "commit")] == ["commit"] and not kinds(ws, "run")
 
+    flag.write_text("")  # the resumed run does not sleep
     done = subprocess.run(
         launch_args("--resume", str(ws)), cwd=REPO, capture_output=True, timeout=120
     )
