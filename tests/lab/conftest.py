@@ -6,7 +6,10 @@ a machine converts the GGUF once (~1 min), later sessions load the bf16 folder i
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -51,3 +54,14 @@ def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "saelab-cache"
     monkeypatch.setenv("SAELAB_CACHE", str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def ex() -> ModuleType:
+    """The template's experiment.py; a script, not a package module, so imported by path."""
+    path = Path(__file__).resolve().parents[2] / "templates" / "temporal_sae" / "experiment.py"
+    spec = importlib.util.spec_from_file_location("experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["experiment"] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module

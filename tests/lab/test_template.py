@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,20 +21,6 @@ from saelab.referee import measure
 TEMPLATE = Path(__file__).resolve().parents[2] / "templates" / "temporal_sae"
 EV = "core.eval_result_metrics.reconstruction_quality.explained_variance"
 L0 = "core.eval_result_metrics.sparsity.l0"
-
-
-def load_experiment():
-    """experiment.py is a script, not a package module: import it by path."""
-    spec = importlib.util.spec_from_file_location("experiment", TEMPLATE / "experiment.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["experiment"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def ex():
-    return load_experiment()
 
 
 def true_directions(d: int = 32, n_true: int = 96) -> torch.Tensor:
