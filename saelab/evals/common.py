@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -13,14 +14,17 @@ from typing import Any, Protocol
 import safetensors
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from saelab.cache import atomic_write, cache_dir, file_lock, stable_key
 from saelab.models import LanguageModel
 
 
 class SAELike(Protocol):
-    """What every eval needs: encode(x[B,L,D]) -> f[B,L,F], decode(f) -> x_hat[B,L,D]."""
+    """What every eval needs: encode(x[B,L,D]) -> f[B,L,F], decode(f) -> x_hat[B,L,D].
+
+    Optional `device`: where the SAE computes; see sae_device.
+    """
 
     d_in: int
     d_sae: int
@@ -28,6 +32,20 @@ class SAELike(Protocol):
     def encode(self, x: Tensor) -> Tensor: ...
 
     def decode(self, f: Tensor) -> Tensor: ...
+
+
+def sae_device(sae: SAELike) -> torch.device:
+    """Where `sae` computes: its `device` attribute if it has one, else the device of its first
+    parameter or buffer (an nn.Module) or of its first tensor attribute, else the CPU."""
+    device = getattr(sae, "device", None)
+    if device is not None:
+        return torch.device(device)
+    if isinstance(sae, nn.Module):
+        tensors = itertools.chain(sae.parameters(), sae.buffers())
+    else:
+        tensors = (v for v in vars(sae).values() if isinstance(v, Tensor))
+    first = next(tensors, None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -85,12 +103,26 @@ class EvalConfig:
         )
 
 
+def encode(sae: SAELike, x: Tensor) -> Tensor:
+    """`sae.encode(x)` on the SAE's device; the latents come back on x's device."""
+    return sae.encode(x.to(sae_device(sae))).to(x.device)
+
+
+def decode(sae: SAELike, f: Tensor) -> Tensor:
+    """`sae.decode(f)` on the SAE's device; the reconstruction comes back on f's device."""
+    return sae.decode(f.to(sae_device(sae))).to(f.device)
+
+
 class Normalized:
     """Evaluates in raw residual space an SAE trained on inputs multiplied by `scale`."""
 
     def __init__(self, sae: SAELike, scale: float):
         self.sae, self.scale = sae, float(scale)
         self.d_in, self.d_sae = sae.d_in, sae.d_sae
+
+    @property
+    def device(self) -> torch.device:
+        return sae_device(self.sae)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.sae.encode(x * self.scale)
@@ -200,9 +232,9 @@ def splice(sae: SAELike, resid: Tensor, keep_error: bool = False, edit=None) -> 
     reconstruction, so a row whose latents the edit leaves alone comes back bit-identical.
     """
     x = resid[:, 1:].float()
-    f = sae.encode(x)
+    f = encode(sae, x)
     if keep_error:
-        x_hat = x + (sae.decode(edit(f)) - sae.decode(f)) if edit is not None else x
+        x_hat = x + (decode(sae, edit(f)) - decode(sae, f)) if edit is not None else x
     else:
-        x_hat = sae.decode(edit(f) if edit is not None else f)
+        x_hat = decode(sae, edit(f) if edit is not None else f)
     return torch.cat([resid[:, :1].float(), x_hat], dim=1)
