@@ -17,7 +17,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from saelab.cache import atomic_write, cache_dir, file_lock, stable_key
+from saelab.data import PROBING_FAMILIES
 from saelab.models import LanguageModel
+
+OPTION_ROW_TOKENS = 64  # a generous width of one (question, option) row, padding included
 
 
 class SAELike(Protocol):
@@ -101,6 +104,32 @@ class EvalConfig:
             unlearn_retain_sparsities=(0.01,),
             temporal_seqs=8,
         )
+
+    def gpu(self) -> EvalConfig:
+        """Sizes for a CUDA machine (Gemma-2-2B, the gpu profile's 4M-token cache, 5% held out:
+        1,563 sequences). Toward SAEBench's (Karvonen et al. 2025, Table 4: core CE on 3,200 and
+        sparsity on 32,000 sequences of 128 tokens) as far as the held-out split and the offline
+        sets allow; the retain threshold and intervention grid stay as calibrated on CPU."""
+        return dataclasses.replace(
+            self,
+            batch_size=8,  # [8, 129, 256k] fp32 logits are 1.1 GB; core holds ~4 such at once
+            core_recon_seqs=1536,  # 197k tokens: ~21 per latent at 9,216, so "dead" means rare
+            core_ce_seqs=1024,  # 131k predicted tokens per SAE
+            probe_seq_len=128,  # SAEBench's probing context; 500 per class is the offline reserve
+            unlearn_questions=200,  # per domain: one flipped retain answer ~0.6 points, not 2.9
+            unlearn_texts=512,
+            unlearn_seq_len=128,
+            temporal_seqs=512,  # 65k tokens; the SAE alone runs, no model
+        )
+
+    def stored_tokens(self, seq_len: int) -> int:
+        """About how many token positions' residuals the shared eval cache keeps for this
+        config (probing texts, unlearning texts and answer options, core's CE sequences)."""
+        n_tasks = len(self.probe_tasks or PROBING_FAMILIES)
+        probing = n_tasks * 2 * self.probe_n_per_class * (1 + self.probe_seq_len)
+        texts = 2 * self.unlearn_texts * (1 + self.unlearn_seq_len)
+        options = 2 * self.unlearn_questions * 4 * OPTION_ROW_TOKENS  # 4 options a question
+        return probing + texts + options + self.core_ce_seqs * (1 + seq_len)
 
 
 def encode(sae: SAELike, x: Tensor) -> Tensor:
