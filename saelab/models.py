@@ -252,11 +252,11 @@ def use_tf32_matmuls() -> None:
     """fp32 matmuls on CUDA run as TF32: inputs rounded to a 10-bit mantissa, fp32 accumulation.
 
     The SAE trains and encodes in fp32; its [tokens, d_model] x [d_model, d_sae] products are
-    most of a GPU run's SAE time, and TF32 tensor cores do them ~7x faster on an H100 (495 vs 67
-    dense TFLOPS). The rounding (~1e-3 relative) is far below an SAE's reconstruction error
-    (explained variance 0.9 leaves ~0.3 relative error), so no metric moves. The bf16 model keeps
-    torch's defaults (bf16 inputs, fp32 accumulation), as Hugging Face runs it.
-    Process-wide: torch has no per-tensor setting.
+    most of a GPU run's SAE time, and TF32 tensor cores do them up to ~7x faster (H100
+    datasheet: 495 vs 67 dense TFLOPS). The rounding (~1e-3 relative) is far below an SAE's
+    reconstruction error (explained variance 0.9 leaves ~0.3 relative error); not yet measured
+    on a GPU. The bf16 model keeps torch's defaults (bf16 inputs, fp32 accumulation), as
+    Hugging Face runs it. Process-wide: torch has no per-tensor setting.
     """
     torch.backends.cuda.matmul.fp32_precision = "tf32"
 
