@@ -50,6 +50,7 @@ from saelab.cache import (
     SaelabError,
     atomic_dir,
     cache_dir,
+    cache_root,
     file_lock,
     read_json,
     sha256_file,
@@ -239,9 +240,20 @@ def harvest(
 
 def entry_dir(key: dict) -> Path:
     """The cache folder for a key: readable fields first, then a hash of all of them."""
-    slug = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{key['model']}_{key['corpus']}")
-    readable = f"{slug}_L{key['layer']}_s{key['seq_len']}_n{key['n_seq'] * key['seq_len']}"
+    readable = _readable(key["model"], key["corpus"], key["layer"], key["seq_len"], key["n_seq"])
     return cache_dir("activations") / f"{readable}_{stable_key(key)}"
+
+
+def _readable(model: str, corpus: str, layer: int, seq_len: int, n_seq: int) -> str:
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{model}_{corpus}")
+    return f"{slug}_L{layer}_s{seq_len}_n{n_seq * seq_len}"
+
+
+def is_cached(model_name: str, layer: int, corpus: str, seq_len: int, n_tokens: int) -> bool:
+    """Whether a finished entry with these settings exists, from any build of the corpus: what
+    a disk-space estimate can know before the corpus (part of the exact key) is built."""
+    readable = _readable(model_name, corpus, layer, seq_len, math.ceil(n_tokens / seq_len))
+    return any((cache_root() / "activations").glob(f"{readable}_*/meta.json"))
 
 
 def _corpus_identity(corpus: str | list[str]) -> tuple[str, str]:

@@ -1,10 +1,14 @@
 """Build the lab's shared caches once, before any experiment runs: model, data, activations.
 
-    python -m saelab.prepare --layer 6 --seq_len 128 --cache_tokens 300000
+    python -m saelab.prepare                  # the cpu profile: Gemma 3 270M, layer 6, 300k tokens
+    python -m saelab.prepare --profile gpu    # Gemma-2-2B, layer 12, 4M tokens (~18 GB)
+    python -m saelab.prepare --profile gpu --model_name /models/gemma-2-2b   # a flag overrides
 
-Each step is skipped when its cache entry exists and is whole (the entries are written
-atomically, so an interrupted build is redone, never trusted). Prints one line per step with
-its seconds; a problem the user can fix is one line on stderr and exit code 2.
+A profile (saelab.profiles) names the model, layer, corpus, sequence length and cache size;
+an explicit flag overrides its value. Each step is skipped when its cache entry exists and is
+whole (the entries are written atomically, so an interrupted build is redone, never trusted).
+Prints one line per step with its seconds; a problem the user can fix is one line on stderr and
+exit code 2.
 """
 
 from __future__ import annotations
@@ -18,34 +22,50 @@ from typing import Any
 
 from rich.console import Console
 
-from saelab.activations import harvest
+from saelab.activations import ACTS_DTYPE, TOKENS_DTYPE, harvest, is_cached
 from saelab.cache import SaelabError, cache_root
 from saelab.data import load_corpus, probing_tasks, unlearning_questions
-from saelab.models import OFFLINE_MODEL, load_model
+from saelab.evals.common import EvalConfig
+from saelab.models import OFFLINE_MODEL, load_model, model_width
+from saelab.profiles import PROFILES, profile
 
 console = Console(stderr=True)
-MIN_FREE_GB = 3.0  # converted weights ~1 GB, BIG-bench ~0.4 GB, activations ~0.5 GB, eval cache
+OFFLINE_WEIGHTS_BYTES = 800_000_000  # the GGUF (0.24 GB) and its bf16 conversion (0.54 GB)
+DATA_BYTES = 600_000_000  # the offline corpora and eval sets (0.54 GB built)
+SETTINGS = ("model_name", "layer", "corpus", "seq_len", "cache_tokens")  # a profile's, overridable
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model_name", default=OFFLINE_MODEL)
-    parser.add_argument("--layer", type=int, default=6)
-    parser.add_argument("--corpus", default="offline-mix")
-    parser.add_argument("--seq_len", type=int, default=128)
-    parser.add_argument("--cache_tokens", type=int, default=300_000)
+    parser.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
+    parser.add_argument("--model_name", help="a saelab model, hub id or local folder")
+    parser.add_argument("--layer", type=int)
+    parser.add_argument("--corpus")
+    parser.add_argument("--seq_len", type=int)
+    parser.add_argument("--cache_tokens", type=int)
     args = parser.parse_args(argv)
     try:
-        prepare(args.model_name, args.layer, args.corpus, args.seq_len, args.cache_tokens)
+        lab = profile(args.profile)
+        given = {name: getattr(args, name) for name in SETTINGS}
+        settings = {name: getattr(lab, name) if v is None else v for name, v in given.items()}
+        prepare(**settings, eval_config=lab.eval_config())
     except (SaelabError, ValueError) as err:
         console.print(f"[red]error:[/] {err}", highlight=False)
         return 2
     return 0
 
 
-def prepare(model_name: str, layer: int, corpus: str, seq_len: int, cache_tokens: int) -> dict:
+def prepare(
+    model_name: str,
+    layer: int,
+    corpus: str,
+    seq_len: int,
+    cache_tokens: int,
+    eval_config: EvalConfig | None = None,
+) -> dict:
     """Build (or find) every shared cache an experiment needs; returns seconds per step."""
-    check_disk_space()
+    need = disk_needed(model_name, layer, corpus, seq_len, cache_tokens, eval_config)
+    check_disk_space(need)
     seconds: dict[str, float] = {}
     model = _step(seconds, "model", f"{model_name} weights", lambda: _model(model_name))
     _step(seconds, "data", "offline corpora and eval sets", lambda: _data(corpus))
@@ -60,14 +80,40 @@ def prepare(model_name: str, layer: int, corpus: str, seq_len: int, cache_tokens
     return seconds
 
 
-def check_disk_space(min_free_gb: float = MIN_FREE_GB) -> None:
-    """Refuse to start a build that would fill the disk half-way through."""
+def disk_needed(
+    model_name: str,
+    layer: int,
+    corpus: str,
+    seq_len: int,
+    cache_tokens: int,
+    eval_config: EvalConfig | None = None,
+) -> dict[str, int]:
+    """Bytes the lab caches need under cache_root(), by what needs them, read from the model's
+    config before any weights: the activation cache (0 once built), the eval cache the runs
+    fill, the offline weights and data. Hub weights go to the Hugging Face cache instead."""
+    d_model = model_width(model_name)
+    built = is_cached(model_name, layer, corpus, seq_len, cache_tokens)
+    token_bytes = d_model * ACTS_DTYPE.itemsize + TOKENS_DTYPE.itemsize
+    acts = f"activations ({cache_tokens:,} tokens x d_model {d_model} x 2 bytes)"
+    eval_tokens = (eval_config or EvalConfig()).stored_tokens(seq_len)
+    return {
+        acts: 0 if built else cache_tokens * token_bytes,
+        "eval cache": eval_tokens * d_model * 2,  # residuals in the model's bf16
+        "offline weights": OFFLINE_WEIGHTS_BYTES if model_name == OFFLINE_MODEL else 0,
+        "corpora": DATA_BYTES,
+    }
+
+
+def check_disk_space(need: dict[str, int]) -> None:
+    """Refuse to start a build that would fill the disk half-way through; `need` is bytes by
+    what needs them, as disk_needed gives it."""
     root = cache_root()
-    free_gb = shutil.disk_usage(root).free / 1e9
-    if free_gb < min_free_gb:
+    free, total = shutil.disk_usage(root).free, sum(need.values())
+    if free < total:
+        parts = ", ".join(f"{what} {n / 1e9:.1f} GB" for what, n in need.items() if n)
         raise SaelabError(
-            f"only {free_gb:.1f} GB free under {root}; the lab caches need about "
-            f"{min_free_gb:.0f} GB: free space there or set SAELAB_CACHE to a bigger disk"
+            f"only {free / 1e9:.1f} GB free under {root}; the lab caches need {total / 1e9:.1f} GB "
+            f"({parts}): free space there or set SAELAB_CACHE to a bigger disk"
         )
 
 

@@ -7,7 +7,7 @@ An experiment may train on anything it likes; its numbers are only comparable be
 referee never lets it pick these.
 
     profile("cpu").layer          # 6
-    profile("gpu").eval_config()  # EvalConfig sized for a CUDA machine
+    profile("gpu").eval_config()  # EvalConfig().gpu(): sized for a CUDA machine
 """
 
 from __future__ import annotations
@@ -28,16 +28,17 @@ class Profile:
     seq_len: int  # tokens per cached sequence, BOS excluded
     cache_tokens: int  # tokens in the activation cache
     test_fraction: float  # last fraction of the cache's sequences: the referee's held-out split
-    eval_size: str  # "tiny" | "default": EvalConfig sizes
+    eval_size: str  # "tiny" | "default" | "gpu": EvalConfig sizes
 
     def eval_config(self) -> EvalConfig:
-        return EvalConfig().tiny() if self.eval_size == "tiny" else EvalConfig()
+        default = EvalConfig()
+        return {"tiny": default.tiny(), "default": default, "gpu": default.gpu()}[self.eval_size]
 
 
 PROFILES = {
     "cpu": Profile("cpu", OFFLINE_MODEL, 6, "offline-mix", 128, 300_000, 0.05, "default"),
     "tiny": Profile("tiny", OFFLINE_MODEL, 6, "offline-mix", 32, 16_384, 0.2, "tiny"),
-    "gpu": Profile("gpu", "google/gemma-2-2b", 12, "offline-mix", 128, 4_000_000, 0.05, "default"),
+    "gpu": Profile("gpu", "google/gemma-2-2b", 12, "offline-mix", 128, 4_000_000, 0.05, "gpu"),
 }
 
 

@@ -22,6 +22,12 @@ Metric paths (template validation rules reference them):
     temporal.eval_result_metrics.temporal.{consistency_short, consistency_medium,
         consistency_long, feature_stability (None without sae_b)}
 SAEs read raw residuals (BOS excluded); wrap one trained on scaled inputs in Normalized.
+Devices: the model and the evals' tensors may live elsewhere than the SAE (on a GPU the
+activation cache and stored residuals are CPU tensors, the SAE is on CUDA). Every tensor is
+handed to the SAE on its device, and its outputs are moved back to where the eval computes.
+An SAE's device is its `device` attribute if it has one, else that of its first parameter or
+buffer (an nn.Module, e.g. a torch.export program's module()), else that of its first tensor
+attribute, else the CPU (saelab.evals.common.sae_device).
 """
 
 from __future__ import annotations

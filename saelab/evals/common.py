@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -13,14 +14,20 @@ from typing import Any, Protocol
 import safetensors
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from saelab.cache import atomic_write, cache_dir, file_lock, stable_key
+from saelab.data import PROBING_FAMILIES
 from saelab.models import LanguageModel
+
+OPTION_ROW_TOKENS = 64  # a generous width of one (question, option) row, padding included
 
 
 class SAELike(Protocol):
-    """What every eval needs: encode(x[B,L,D]) -> f[B,L,F], decode(f) -> x_hat[B,L,D]."""
+    """What every eval needs: encode(x[B,L,D]) -> f[B,L,F], decode(f) -> x_hat[B,L,D].
+
+    Optional `device`: where the SAE computes; see sae_device.
+    """
 
     d_in: int
     d_sae: int
@@ -28,6 +35,20 @@ class SAELike(Protocol):
     def encode(self, x: Tensor) -> Tensor: ...
 
     def decode(self, f: Tensor) -> Tensor: ...
+
+
+def sae_device(sae: SAELike) -> torch.device:
+    """Where `sae` computes: its `device` attribute if it has one, else the device of its first
+    parameter or buffer (an nn.Module) or of its first tensor attribute, else the CPU."""
+    device = getattr(sae, "device", None)
+    if device is not None:
+        return torch.device(device)
+    if isinstance(sae, nn.Module):
+        tensors = itertools.chain(sae.parameters(), sae.buffers())
+    else:
+        tensors = (v for v in vars(sae).values() if isinstance(v, Tensor))
+    first = next(tensors, None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -84,6 +105,42 @@ class EvalConfig:
             temporal_seqs=8,
         )
 
+    def gpu(self) -> EvalConfig:
+        """Sizes for a CUDA machine (Gemma-2-2B, the gpu profile's 4M-token cache, 5% held out:
+        1,563 sequences). Toward SAEBench's (Karvonen et al. 2025, Table 4: core CE on 3,200 and
+        sparsity on 32,000 sequences of 128 tokens) as far as the held-out split and the offline
+        sets allow; the retain threshold and intervention grid stay as calibrated on CPU."""
+        return dataclasses.replace(
+            self,
+            batch_size=8,  # [8, 129, 256k] fp32 logits are 1.1 GB; core holds ~4 such at once
+            core_recon_seqs=1536,  # 197k tokens: ~21 per latent at 9,216, so "dead" means rare
+            core_ce_seqs=1024,  # 131k predicted tokens per SAE
+            probe_seq_len=128,  # SAEBench's probing context; 500 per class is the offline reserve
+            unlearn_questions=200,  # per domain: one flipped retain answer ~0.6 points, not 2.9
+            unlearn_texts=512,
+            unlearn_seq_len=128,
+            temporal_seqs=512,  # 65k tokens; the SAE alone runs, no model
+        )
+
+    def stored_tokens(self, seq_len: int) -> int:
+        """About how many token positions' residuals the shared eval cache keeps for this
+        config (probing texts, unlearning texts and answer options, core's CE sequences)."""
+        n_tasks = len(self.probe_tasks or PROBING_FAMILIES)
+        probing = n_tasks * 2 * self.probe_n_per_class * (1 + self.probe_seq_len)
+        texts = 2 * self.unlearn_texts * (1 + self.unlearn_seq_len)
+        options = 2 * self.unlearn_questions * 4 * OPTION_ROW_TOKENS  # 4 options a question
+        return probing + texts + options + self.core_ce_seqs * (1 + seq_len)
+
+
+def encode(sae: SAELike, x: Tensor) -> Tensor:
+    """`sae.encode(x)` on the SAE's device; the latents come back on x's device."""
+    return sae.encode(x.to(sae_device(sae))).to(x.device)
+
+
+def decode(sae: SAELike, f: Tensor) -> Tensor:
+    """`sae.decode(f)` on the SAE's device; the reconstruction comes back on f's device."""
+    return sae.decode(f.to(sae_device(sae))).to(f.device)
+
 
 class Normalized:
     """Evaluates in raw residual space an SAE trained on inputs multiplied by `scale`."""
@@ -91,6 +148,10 @@ class Normalized:
     def __init__(self, sae: SAELike, scale: float):
         self.sae, self.scale = sae, float(scale)
         self.d_in, self.d_sae = sae.d_in, sae.d_sae
+
+    @property
+    def device(self) -> torch.device:
+        return sae_device(self.sae)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.sae.encode(x * self.scale)
@@ -200,9 +261,9 @@ def splice(sae: SAELike, resid: Tensor, keep_error: bool = False, edit=None) -> 
     reconstruction, so a row whose latents the edit leaves alone comes back bit-identical.
     """
     x = resid[:, 1:].float()
-    f = sae.encode(x)
+    f = encode(sae, x)
     if keep_error:
-        x_hat = x + (sae.decode(edit(f)) - sae.decode(f)) if edit is not None else x
+        x_hat = x + (decode(sae, edit(f)) - decode(sae, f)) if edit is not None else x
     else:
-        x_hat = sae.decode(edit(f) if edit is not None else f)
+        x_hat = decode(sae, edit(f) if edit is not None else f)
     return torch.cat([resid[:, :1].float(), x_hat], dim=1)

@@ -26,6 +26,8 @@ from saelab.activations import ActivationCache
 from saelab.evals.common import (
     EvalConfig,
     SAELike,
+    decode,
+    encode,
     input_fields,
     make_block,
     residuals_batched,
@@ -60,8 +62,8 @@ def reconstruction_metrics(sae: SAELike, acts: Tensor, config: EvalConfig) -> di
     fires = torch.zeros(sae.d_sae, dtype=torch.float64)
     for i in range(0, acts.shape[0], config.batch_size):
         x = acts[i : i + config.batch_size].float()
-        f = sae.encode(x)
-        x_hat = sae.decode(f)
+        f = encode(sae, x)
+        x_hat = decode(sae, f)
         x, x_hat, f = x.flatten(0, 1), x_hat.flatten(0, 1).float(), f.flatten(0, 1).float()
         n_tok += x.shape[0]
         sq_err += (x - x_hat).double().pow(2).sum().item()

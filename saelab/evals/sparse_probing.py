@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 
 from saelab.data import ProbingTask, probing_tasks
-from saelab.evals.common import EvalConfig, SAELike, make_block, residuals_batched
+from saelab.evals.common import EvalConfig, SAELike, encode, make_block, residuals_batched
 from saelab.models import LanguageModel
 
 
@@ -79,7 +79,7 @@ def _pool(values: Tensor, mask: Tensor) -> np.ndarray:
 def _sae_pool(sae: SAELike, resid: Tensor, mask: Tensor, config: EvalConfig) -> np.ndarray:
     rows = range(0, resid.shape[0], config.batch_size)
     parts = [
-        _pool(sae.encode(resid[i : i + config.batch_size]), mask[i : i + config.batch_size])
+        _pool(encode(sae, resid[i : i + config.batch_size]), mask[i : i + config.batch_size])
         for i in rows
     ]
     return np.concatenate(parts)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saelab.activations import ActivationCache
-from saelab.evals.common import EvalConfig, SAELike, make_block
+from saelab.evals.common import EvalConfig, SAELike, decode, encode, make_block, sae_device
 
 # a few lags per range keep the cost flat in seq_len
 LAGS = {
@@ -45,7 +45,7 @@ def lag_overlaps(sae: SAELike, acts: Tensor, batch_size: int) -> dict[int, float
     inter = dict.fromkeys(lags, 0.0)
     union = dict.fromkeys(lags, 0.0)
     for i in range(0, acts.shape[0], batch_size):
-        active = (sae.encode(acts[i : i + batch_size].float()) != 0).float()
+        active = (encode(sae, acts[i : i + batch_size].float()) != 0).float()
         count = active.sum(-1)
         for k in lags:
             both = (active[:, :-k] * active[:, k:]).sum(-1)
@@ -56,24 +56,27 @@ def lag_overlaps(sae: SAELike, acts: Tensor, batch_size: int) -> dict[int, float
 
 @torch.no_grad()
 def decoder_directions(sae: SAELike, chunk: int = 1024) -> Tensor:
-    """Unit decoder direction of every latent [F, D], read through decode (any SAE class).
+    """Unit decoder direction of every latent [F, D], read through decode (any SAE class), on
+    the SAE's device: the [F, F] cosines of feature_stability are a GPU's job.
 
     Each latent is decoded alone as a one-token sequence, so a decoder that mixes tokens
     cannot blend neighbouring latents into each other.
     """
-    zero = sae.decode(torch.zeros(1, 1, sae.d_sae))[0, 0]
+    device = sae_device(sae)
+    zero = sae.decode(torch.zeros(1, 1, sae.d_sae, device=device))[0, 0]
     rows = []
     for start in range(0, sae.d_sae, chunk):
         stop = min(start + chunk, sae.d_sae)
-        one_hot = torch.zeros(stop - start, 1, sae.d_sae)
-        one_hot[torch.arange(stop - start), 0, torch.arange(start, stop)] = 1.0
+        one_hot = torch.zeros(stop - start, 1, sae.d_sae, device=device)
+        one_hot[:, 0, start:stop] = torch.eye(stop - start, device=device)
         rows.append(sae.decode(one_hot)[:, 0] - zero)
     return F.normalize(torch.cat(rows).float(), dim=-1)
 
 
 @torch.no_grad()
 def feature_stability(sae: SAELike, sae_b: SAELike, chunk: int = 1024) -> float:
-    a, b = decoder_directions(sae), decoder_directions(sae_b)
+    a = decoder_directions(sae)
+    b = decoder_directions(sae_b).to(a.device)
     best_a = torch.cat([(a[i : i + chunk] @ b.T).max(1).values for i in range(0, len(a), chunk)])
     best_b = torch.cat([(b[i : i + chunk] @ a.T).max(1).values for i in range(0, len(b), chunk)])
     return 0.5 * (best_a.mean().item() + best_b.mean().item())
@@ -92,8 +95,8 @@ def check_causal(sae: SAELike, x: Tensor, t: int | None = None, tol: float = 1e-
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(noisy[:, t + 1 :].shape, generator=gen) * x.std()
     noisy[:, t + 1 :] += noise
-    f_clean, f_noisy = sae.encode(x), sae.encode(noisy)
-    pairs = ((f_clean, f_noisy), (sae.decode(f_clean), sae.decode(f_noisy)))
+    f_clean, f_noisy = encode(sae, x), encode(sae, noisy)
+    pairs = ((f_clean, f_noisy), (decode(sae, f_clean), decode(sae, f_noisy)))
     change = max(_relative_change(a[:, : t + 1], b[:, : t + 1]) for a, b in pairs)
     return {"causal": change <= tol, "max_relative_change": change, "position": t}
 

@@ -29,6 +29,7 @@ from saelab.data import (
 from saelab.evals.common import (
     EvalConfig,
     SAELike,
+    encode,
     input_fields,
     make_block,
     memo,
@@ -115,7 +116,7 @@ def latent_frequency(
     mask = mask[:, 1:].cpu().float()
     fires = torch.zeros(sae.d_sae)
     for i in range(0, resid.shape[0], config.batch_size):
-        active = (sae.encode(resid[i : i + config.batch_size]) != 0).float()
+        active = (encode(sae, resid[i : i + config.batch_size]) != 0).float()
         fires += (active * mask[i : i + config.batch_size, :, None]).sum((0, 1))
     return fires / mask.sum().clamp(min=1)
 

@@ -1,4 +1,5 @@
-"""Shared lab fixtures: one real offline Gemma per test session, tiny texts, a throwaway cache.
+"""Shared lab fixtures: one real offline Gemma per test session, tiny texts, a throwaway cache,
+and a tiny random Gemma 2 saved in hub format (the GPU user's path, in seconds on a CPU).
 
 The model fixture uses the real cache ($SAELAB_CACHE or ~/.cache/saelab): the first session on
 a machine converts the GGUF once (~1 min), later sessions load the bf16 folder in seconds.
@@ -8,13 +9,17 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import huggingface_hub.constants
 import pytest
 import torch
+from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
 
-from saelab.models import LanguageModel, load_model
+from saelab.cache import cache_dir
+from saelab.models import LanguageModel, load_model, offline_model_dir
 
 # A few sentences of ordinary prose and code: enough to pack several short sequences.
 TINY_TEXTS = [
@@ -65,3 +70,43 @@ def ex() -> ModuleType:
     sys.modules["experiment"] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def hub_gemma2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random Gemma2ForCausalLM (4 layers, hidden 64) with the offline Gemma tokenizer, saved
+    in hub format: what `google/gemma-2-2b` is to the lab, at 65 MB. Load it by its folder."""
+    folder = tmp_path_factory.mktemp("hub") / "tiny-gemma-2"
+    tokenizer = AutoTokenizer.from_pretrained(offline_model_dir())
+    config = Gemma2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        sliding_window=16,  # shorter than the sequences, so local and global layers differ
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attn_implementation="eager",  # Gemma 2's attention soft-capping has no sdpa kernel
+    )
+    torch.manual_seed(0)
+    Gemma2ForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hub_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Offline hub mode and $SAELAB_CACHE in a fresh folder, for one test module; the built
+    offline corpora are linked in (building them takes minutes and a 358 MB download)."""
+    data = cache_dir("data")
+    root = tmp_path_factory.mktemp("saelab-cache")
+    (root / "data").symlink_to(data, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SAELAB_CACHE", str(root))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        yield root

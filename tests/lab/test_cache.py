@@ -60,12 +60,16 @@ def test_a_full_disk_is_refused_before_any_build(tmp_cache, monkeypatch, capsys)
     from saelab import prepare
     from saelab.cache import SaelabError
 
-    with pytest.raises(SaelabError, match="GB free under .* set SAELAB_CACHE") as err:
-        prepare.check_disk_space(min_free_gb=1e9)
+    with pytest.raises(
+        SaelabError,
+        match=r"GB free under .* need 1000.0 GB \(activations 1000.0 GB\).* SAELAB_CACHE",
+    ) as err:
+        prepare.check_disk_space({"activations": 10**12})
     assert "\n" not in str(err.value)
-    prepare.check_disk_space(min_free_gb=0.0)
+    prepare.check_disk_space({"activations": 0})
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(prepare.shutil, "disk_usage", lambda _: usage(10**9, 10**9, 10**8))
     assert prepare.main([]) == 2  # one line on stderr, exit 2, nothing built
-    assert "0.1 GB free" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "0.1 GB free" in err and "activations (300,000 tokens x d_model 640" in err
     assert not (tmp_cache / "models").exists()

@@ -6,7 +6,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from saelab.models import LanguageModel, ModelLoadError, load_model
+from saelab.models import OFFLINE_MODEL, LanguageModel, ModelLoadError, load_model, model_width
 
 FACTS = [("The capital of France is", " Paris"), ("Water is made of hydrogen and", " oxygen")]
 # bf16 logits of this model are O(10); the cut re-runs the very same kernels, so any real bug
@@ -21,6 +21,7 @@ def _first_token(lm: LanguageModel, word: str) -> int:
 def test_offline_model_shape(lm: LanguageModel) -> None:
     cfg = lm.hf_model.config
     assert (lm.d_model, lm.n_layers, lm.vocab_size) == (640, 18, 262144)
+    assert model_width(OFFLINE_MODEL) == lm.d_model  # what the disk check assumes up front
     assert cfg.architectures == ["Gemma3ForCausalLM"]
     assert getattr(cfg, "quantization_config", None) is None
 
@@ -116,3 +117,5 @@ def test_unknown_model_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> Non
         load_model("no-such-org/no-such-model")
     message = str(info.value)
     assert "no-such-org/no-such-model" in message and "\n" not in message
+    with pytest.raises(ModelLoadError, match="no-such-org/no-such-model"):
+        model_width("no-such-org/no-such-model")  # the disk check reads the config first
