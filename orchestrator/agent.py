@@ -147,8 +147,8 @@ class Agent:
             "llm_retry", model=self.model.name, error="ContextWindowExceededError", shortened=True
         )
         console.print(
-            f"[yellow]the prompt is too long for {self.model.name}'s context window: sent "
-            f"again with the older chat dropped and each log cut to its last {LOG_LINES} lines[/]",
+            f"[yellow]the prompt is too long for {self.model.name}'s context window: sent again "
+            f"with the chat cut to its first exchange and logs to their last {LOG_LINES} lines[/]",
             soft_wrap=True,
         )
         try:

@@ -218,3 +218,9 @@ def test_the_guard_notice_goes_out_once_after_an_empty_turn(run_loop, reply, mor
     _, server = run_loop([reply("A longer timeout.", protected), more_steps], max_runs=1)
     told = ["restored" in r["messages"][-1]["content"] for r in server.requests]
     assert told == [False, True, False]
+
+
+def test_help_shows_the_spend_cap_default_and_exits_0(launch_args):
+    done = subprocess.run(launch_args("--help"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert f"(default: {loop.MAX_COST})" in " ".join(done.stdout.split())
