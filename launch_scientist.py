@@ -2,6 +2,9 @@
 
 CLI only; the loop lives in orchestrator/loop.py. Run with any Python 3.11: the first thing this
 does is build the two environments if needed and re-execute itself inside the orchestrator's.
+Exit status: 0 the loop ended with at least one VALID run beyond the baseline, 1 it ended (or
+stopped) without one, or the LLM provider kept failing; 2 a usage or configuration error (the
+provider refusing the key or the model included); 130 Ctrl-C.
 """
 
 from orchestrator.envs import ensure_and_reexec  # stdlib only: runs before anything third-party
@@ -15,9 +18,10 @@ from pathlib import Path  # noqa: E402
 
 from orchestrator import loop  # noqa: E402
 from orchestrator.ideas import IDEAS_DIR, IdeaError, list_ideas  # noqa: E402
-from orchestrator.llm import LLMError  # noqa: E402
+from orchestrator.journal import Journal  # noqa: E402
+from orchestrator.llm import API_KEY_VAR, LLMError, LLMHalt, ProviderRefused  # noqa: E402
 from orchestrator.templates import TemplateError  # noqa: E402
-from orchestrator.workspace import WorkspaceError  # noqa: E402
+from orchestrator.workspace import JOURNAL, WorkspaceError  # noqa: E402
 
 USER_ERRORS = (IdeaError, LLMError, TemplateError, WorkspaceError, loop.LoopError)
 
@@ -35,7 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     llm = p.add_argument_group("which LLM (default: a provider key in the environment)")
     llm.add_argument("--model", help="litellm model name, e.g. anthropic/claude-sonnet-4-5")
-    llm.add_argument("--api-base", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1")
+    llm.add_argument(
+        "--api-base",
+        help=f"OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1; its key, if it needs "
+        f"one, from ${API_KEY_VAR} (provider keys are never sent there)",
+    )
     llm.add_argument(
         "--replay", type=Path, help="serve recorded replies: journal.jsonl or playbook"
     )
@@ -48,6 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="consecutive failed tries per run before stopping",
     )
     limits.add_argument("--timeout", type=float, help="seconds per run (default: the template's)")
+    limits.add_argument(
+        "--max-cost",
+        type=float,
+        default=loop.MAX_COST,
+        metavar="USD",
+        help="stop before an LLM call would take the recorded cost past this (default: "
+        "%(default)s); --resume with a higher cap goes on",
+    )
     trust = p.add_argument_group("trust")
     trust.add_argument(
         "--require-sandbox",
@@ -72,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.max_runs < 1 or args.max_iters < 1:
         p.error("--max-runs and --max-iters must be at least 1")
+    if not args.max_cost >= 0:
+        p.error("--max-cost must be a number of US dollars, 0 or more")
     if not (args.idea or args.resume or args.list_ideas or args.replay):
         p.error("pass --idea <name>, --resume <workspace>, --replay <journal> or --list-ideas")
     return args
@@ -100,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         max_runs=args.max_runs,
         max_iters=args.max_iters,
         timeout=args.timeout,
+        max_cost=args.max_cost,
         results_dir=args.results_dir,
         templates_dir=args.template_dir,
         ideas_dir=args.ideas_dir,
@@ -110,13 +129,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.list_ideas:
             print_ideas(args.ideas_dir)
             return 0
-        loop.run(settings)
+        workspace = loop.run(settings)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
+    except ProviderRefused:  # the loop has said what to fix
+        return 2
+    except LLMHalt:
+        return 1
+    return 0 if valid_runs(workspace) else 1
+
+
+def valid_runs(workspace: Path) -> int:
+    """Runs beyond the baseline that passed validation, from the workspace's journal."""
+    done = Journal(workspace / JOURNAL).entries("run_done")
+    return sum(entry.get("status") == "ok" for entry in done)
 
 
 if __name__ == "__main__":

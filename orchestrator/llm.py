@@ -3,12 +3,18 @@ recorded trajectory replayed through the same aider + litellm path.
 
 Order: --replay > --model (with --api-base for llama.cpp / vLLM / ollama) > the first provider
 key found in the environment > the idea's bundled playbook (announced loudly) > a clear error.
+`preflight` then checks, before any setup, that the chosen LLM can answer at all. The errors
+that stop a loop already under way (LLMHalt and its kinds) are defined here too, so the loop and
+the CLI can catch them without importing litellm.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +25,9 @@ REPLAY_MODEL = "openai/replay"  # the name litellm sees while the replay server 
 LOCAL_API_KEY = (
     "sk-local"  # local OpenAI-compatible servers ignore the key but the client needs one
 )
+# The key sent to an --api-base server; provider keys such as OPENAI_API_KEY never go there.
+API_KEY_VAR = "SCIENTIST_API_KEY"
+PROBE_SECONDS = 5.0  # how long an --api-base server may take to list its models
 
 # Provider key -> default model (litellm names; all priced in litellm's bundled cost map).
 PROVIDER_DEFAULTS = (
@@ -32,6 +41,42 @@ PROVIDER_DEFAULTS = (
 
 class LLMError(ValueError):
     """No usable LLM configuration; the message says what to set."""
+
+
+class LLMHalt(RuntimeError):
+    """The loop stops before its next LLM call; the journal is intact and --resume continues."""
+
+
+class ProviderRefused(LLMHalt):
+    """The provider refused the key, the permission or the model: a setting to fix."""
+
+
+class ProviderDown(LLMHalt):
+    """The provider kept failing past the retries, or failed in a way no retry helps."""
+
+
+class SpendCapReached(LLMHalt):
+    """The next call would take the recorded LLM cost past --max-cost."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the agent waits out transient provider errors (rate limits, timeouts, 5xx)."""
+
+    tries: int = 6  # calls per request, the first included
+    first_delay: float = 2.0  # seconds before the first retry; doubles with each retry
+    max_delay: float = 60.0  # cap on one back-off wait
+    max_wait: float = 300.0  # cap on all the waits of one request together
+    request_timeout: float = 300.0  # seconds one call may take before it counts as a timeout
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed call number `attempt` (1, 2, ...): the server's
+        Retry-After when it sends one, else exponential back-off with "equal jitter" (half
+        fixed, half random), so parallel clients do not retry in lockstep."""
+        if retry_after is not None:
+            return retry_after
+        backoff = min(self.max_delay, self.first_delay * 2 ** (attempt - 1))
+        return backoff / 2 + random.uniform(0, backoff / 2)
 
 
 @dataclass(frozen=True)
@@ -69,7 +114,7 @@ def choose(
     if model:
         if not api_base:
             check_routable(model)
-        key = env.get("OPENAI_API_KEY", LOCAL_API_KEY) if api_base else None
+        key = (env.get(API_KEY_VAR) or LOCAL_API_KEY) if api_base else None
         return LLMChoice(model, source="--model", api_base=api_base, api_key=key)
     for var, default in PROVIDER_DEFAULTS:
         if env.get(var):
@@ -96,6 +141,54 @@ def check_routable(model: str) -> None:
             "(e.g. anthropic/claude-sonnet-4-5, openai/gpt-4.1) or add --api-base for a "
             "local OpenAI-compatible server"
         ) from err
+
+
+def preflight(choice: LLMChoice) -> None:
+    """Fail now, in one line, on an LLM that cannot answer: an --api-base server that does not
+    list its models within PROBE_SECONDS, or a provider whose settings litellm's own check
+    (`validate_environment`) finds unset."""
+    if choice.is_replay:
+        return
+    if choice.api_base:
+        _probe(choice.api_base, choice.api_key)
+        return
+    import litellm
+
+    missing = litellm.validate_environment(choice.model, api_key=choice.api_key)["missing_keys"]
+    if missing:
+        raise LLMError(
+            f"{choice.model} cannot be called: litellm's check finds {', '.join(missing)} unset; "
+            f"export {missing[0]}=... (or the setting your provider uses), or pick another LLM "
+            "with --model"
+        )
+
+
+def _probe(api_base: str, api_key: str | None) -> None:
+    url = api_base.rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=PROBE_SECONDS
+        ):
+            return
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise LLMError(
+                f"{url} refused the key (HTTP {err.code}): set {API_KEY_VAR} to the key this "
+                "server expects"
+            ) from None
+        if err.code == 404:
+            raise LLMError(
+                f"{url} answered 404: check --api-base (OpenAI-compatible servers usually "
+                "serve under .../v1)"
+            ) from None
+        return  # it answered: a server without a models list can still chat
+    except (OSError, ValueError) as err:  # refused, unresolved, timed out, not a URL
+        reason = getattr(err, "reason", err)
+        raise LLMError(
+            f"no answer from {url} within {PROBE_SECONDS:.0f} s ({reason}): start the server "
+            "or fix --api-base"
+        ) from None
 
 
 def replay_choice(path: Path, source: str) -> LLMChoice:

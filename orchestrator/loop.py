@@ -68,6 +68,7 @@ RESULTS_DIR = REPO / "results"
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 MAX_RUNS = 5  # validated runs after the baseline
 MAX_ITERS = 4  # consecutive failed tries of one run before the loop gives up
+MAX_COST = 10.0  # USD of recorded LLM cost after which no further call is made
 FACTS_CHARS = 1500  # cap on the top-level facts of final_info.json quoted in prompts
 SUMMARY_CHARS = 72  # commit subject length
 
@@ -90,6 +91,8 @@ class Settings:
     max_runs: int = MAX_RUNS
     max_iters: int = MAX_ITERS
     timeout: float | None = None  # None: the template's timeout_seconds
+    max_cost: float = MAX_COST  # not recorded: a resume may raise it
+    retry: llm.RetryPolicy = llm.RetryPolicy()  # patience with a failing provider
     results_dir: Path = RESULTS_DIR
     templates_dir: Path = TEMPLATES_DIR
     ideas_dir: Path = IDEAS_DIR
@@ -156,6 +159,12 @@ def run(settings: Settings) -> Path:
     except KeyboardInterrupt:
         console.print(f"\n[bold]interrupted.[/] Continue with: --resume {session.ws.root}")
         raise
+    except llm.LLMHalt as err:  # the journal ends before the call that failed
+        session.journal.append("halt", error=type(err).__name__, reason=str(err))
+        console.print(f"[bold red]stopped:[/] {err}", soft_wrap=True)
+        console.print(f"Continue with: --resume {session.ws.root}")
+        if not isinstance(err, llm.SpendCapReached):
+            raise
     _report(session)
     return session.ws.root
 
@@ -174,6 +183,8 @@ def _agent(session: Session, api_base: str | None) -> Agent:
         session.journal,
         api_base=api_base,
         history=_history(session.journal),
+        retry=session.settings.retry,
+        max_cost=session.settings.max_cost,
     )
 
 
@@ -193,6 +204,7 @@ def _start(settings: Settings) -> Session:
     choice = llm.choose(
         idea.name, settings.ideas_dir, settings.model, settings.api_base, settings.replay
     )
+    llm.preflight(choice)
     setup_seconds = _setup(spec)
     ws = Workspace.create(template_dir, idea.name, settings.results_dir, spec.editable_files)
     journal = Journal(ws.journal_path)
@@ -254,6 +266,7 @@ def _resume(settings: Settings) -> Session:
     session = Session(ws, spec, idea, journal, _resumed_choice(settings, start, journal), recorded)
     session.run_number, session.failures = _progress(journal)
     if journal.last("end") is None:  # an ended workspace only gets its report rewritten
+        llm.preflight(session.choice)
         session.phases["lab caches"] = _setup(spec)
         _journal_setup(journal, session.phases["lab caches"], spec)
     console.print(f"[bold]resuming[/] {ws.root} at {session.run_name}")
@@ -449,7 +462,7 @@ def _no_change(session: Session) -> Step:
         run_name=session.run_name,
         end_marker=END_MARKER,
     )
-    next_prompt = session.notice + prompt
+    next_prompt, session.notice = session.notice + prompt, ""
     session.journal.append(
         "skip", run_name=session.run_name, attempt=session.failures, next_prompt=next_prompt
     )

@@ -3,7 +3,9 @@
 Replay mode (a recorded journal.jsonl or an idea's playbook) and the tests both point litellm at
 this server, so a replayed run goes through exactly the same aider + litellm path as a live one.
 Every request is recorded. Once the responses run out it answers END_MARKER, which the loop
-reads as "the agent is done", and `exhausted` tells the loop the script ran out.
+reads as "the agent is done", and `exhausted` tells the loop the script ran out. A test can put a
+Fault in the script instead of a reply: an HTTP error in OpenAI's shape (401, 429 with
+Retry-After, 500, a context-length 400) or a hang past the client's timeout.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,13 +24,34 @@ log = logging.getLogger(__name__)
 END_MARKER = "ALL_COMPLETED"
 
 
+@dataclass(frozen=True)
+class Fault:
+    """A scripted failure served in place of a reply: `status` with an OpenAI-style error
+    body and `headers`, after `hang` seconds of silence (a hang closes without answering)."""
+
+    status: int = 500
+    message: str = "scripted server error"
+    code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    hang: float = 0.0
+
+
+CONTEXT_LENGTH = Fault(  # the words litellm maps to ContextWindowExceededError
+    400,
+    "This model's maximum context length is 1000 tokens. However, your messages resulted in "
+    "5000 tokens. Please reduce the length of the messages.",
+    code="context_length_exceeded",
+)
+
+
 class ReplayServer:
     """Serve `responses` one per chat-completion request; use as a context manager."""
 
-    def __init__(self, responses: Iterable[str], model: str = "replay") -> None:
+    def __init__(self, responses: Iterable[str | Fault], model: str = "replay") -> None:
         self.responses = list(responses)
         self.model = model
         self.requests: list[dict[str, Any]] = []  # the JSON bodies received, in order
+        self.keys: list[str | None] = []  # the Authorization header of each, in order
         self.served = 0
         self.exhausted = False
         self._lock = threading.Lock()
@@ -55,9 +79,10 @@ class ReplayServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def next_response(self, body: dict[str, Any]) -> str:
+    def next_response(self, body: dict[str, Any], key: str | None = None) -> str | Fault:
         with self._lock:
             self.requests.append(body)
+            self.keys.append(key)
             if self.served < len(self.responses):
                 self.served += 1
                 return self.responses[self.served - 1]
@@ -79,8 +104,10 @@ def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 self._send_json(400, {"error": {"message": "request body is not JSON"}})
                 return
-            text = server.next_response(body)
-            if body.get("stream"):
+            text = server.next_response(body, self.headers.get("Authorization"))
+            if isinstance(text, Fault):
+                self._send_fault(text)
+            elif body.get("stream"):
                 self._send_stream(text, body)
             else:
                 self._send_json(200, _completion(text, body, server.model))
@@ -92,13 +119,25 @@ def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send_json(404, {"error": {"message": f"unknown path {self.path}"}})
 
-        def _send_json(self, status: int, payload: dict[str, Any]) -> None:
+        def _send_json(
+            self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+        ) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
+
+        def _send_fault(self, fault: Fault) -> None:
+            time.sleep(fault.hang)
+            if fault.hang:
+                self.close_connection = True  # the client gave up long ago; answer nothing
+                return
+            error = {"message": fault.message, "type": "scripted", "code": fault.code}
+            self._send_json(fault.status, {"error": error}, fault.headers)
 
         def _send_stream(self, text: str, body: dict[str, Any]) -> None:
             self.send_response(200)

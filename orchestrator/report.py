@@ -140,6 +140,31 @@ def _attempt_record(
     )
 
 
+@dataclass
+class TurnUsage:
+    """The LLM calls of one agent turn (a prompt and the calls made until the next one)."""
+
+    run_name: str  # the run the prompt was about
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+
+def llm_turns(journal: Journal) -> list[TurnUsage]:
+    """Tokens and cost per agent turn, in journal order."""
+    turns: list[TurnUsage] = []
+    for entry in journal.entries():
+        if entry["kind"] == "prompt":
+            turns.append(TurnUsage(str(entry.get("run_name", ""))))
+        elif entry["kind"] == "llm_call" and turns:
+            turns[-1].calls += 1
+            turns[-1].prompt_tokens += entry.get("prompt_tokens") or 0
+            turns[-1].completion_tokens += entry.get("completion_tokens") or 0
+            turns[-1].cost += entry.get("cost") or 0.0
+    return turns
+
+
 def llm_usage(journal: Journal) -> tuple[int, float]:
     """Total tokens and cost (USD) of the recorded LLM calls."""
     calls = journal.entries("llm_call")
@@ -170,6 +195,7 @@ def write_notes(
         calls=len(journal.entries("llm_call")),
         tokens=tokens,
         cost=cost,
+        turns=llm_turns(journal),
         agent_notes_heading=AGENT_NOTES_HEADING,
         agent_notes=_agent_notes(path),
     )
