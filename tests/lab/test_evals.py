@@ -263,3 +263,27 @@ def test_explained_variance_is_measured_against_the_data_mean():
             assert abs(ev) < 0.05 and dead_fraction == 1.0
         else:
             assert ev == pytest.approx(0.75, abs=0.02) and dead_fraction == pytest.approx(7 / 71)
+
+
+class IdentitySAE:
+    """Reconstructs perfectly: splicing it in changes nothing."""
+
+    def __init__(self, d_in: int):
+        self.d_in = self.d_sae = d_in
+
+    def encode(self, x: Tensor) -> Tensor:
+        return x
+
+    def decode(self, f: Tensor) -> Tensor:
+        return f
+
+
+def test_ce_and_kl_scores_are_one_for_a_perfect_sae_and_zero_for_ablation(lm, caches):
+    from saelab.evals.core import downstream_metrics
+
+    tokens = caches[1].tokens[:2]
+    for sae, score in ((IdentitySAE(lm.d_model), 1.0), (ZeroSAE(lm.d_model, 8), 0.0)):
+        out = downstream_metrics(sae, lm, LAYER, tokens, CONFIG)
+        ce = out["model_performance_preservation"]["ce_loss_score"]
+        kl = out["model_behavior_preservation"]["kl_div_score"]
+        assert (ce, kl) == (pytest.approx(score, abs=1e-3), pytest.approx(score, abs=1e-3))
