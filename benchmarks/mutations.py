@@ -194,7 +194,7 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, 
             _kill_leftovers(tree)  # runs that the tests started in their own sessions
         out = log.read_text(errors="replace")
         if proc.returncode == 1:
-            failed = re.findall(r"^FAILED (\S+)", out, re.M)
+            failed = re.findall(r"^FAILED (.+?)(?: - .*)?$", out, re.M)
             return "failed", Path(failed[0]).name if failed else out.strip().splitlines()[-1]
         if proc.returncode != 0:
             return "error", (out.strip().splitlines() or ["no output"])[-1]
