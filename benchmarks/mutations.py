@@ -1,7 +1,7 @@
 """Mutation testing by hand: break one guard at a time, in a copy of the repo, and run the tests
 that should notice.
 
-    .venvs/orch/bin/python benchmarks/mutations.py                 # all of them (~20 min, 2 cores)
+    .venvs/orch/bin/python benchmarks/mutations.py                 # all of them (~9 min, 2 cores)
     .venvs/orch/bin/python benchmarks/mutations.py --list
     .venvs/orch/bin/python benchmarks/mutations.py loop_progress journal_fsync
 
