@@ -214,3 +214,76 @@ def test_an_edit_that_changes_no_latent_leaves_the_residuals_bit_identical(cache
     assert torch.equal(splice(reference, resid, keep_error=True, edit=lambda f: f), resid)
     clamped = splice(reference, resid, keep_error=True, edit=lambda f: f * 0)
     assert not torch.equal(clamped, resid) and torch.equal(clamped[:, 0], resid[:, 0])
+
+
+class ShrinkSAE:
+    """x_hat = mean + scale * (x - mean) through +/- ReLU halves, plus `dead` latents that never
+    fire: every reconstruction metric has a closed form. scale = 0 outputs the mean only."""
+
+    def __init__(self, mean: Tensor, scale: float, dead: int = 0):
+        self.mean, self.scale, self.dead = mean, scale, dead
+        self.d_in = mean.shape[0]
+        self.d_sae = 2 * self.d_in + dead
+
+    def encode(self, x: Tensor) -> Tensor:
+        z = self.scale * (x - self.mean)
+        return torch.cat([z.relu(), (-z).relu(), x.new_zeros(*x.shape[:-1], self.dead)], -1)
+
+    def decode(self, f: Tensor) -> Tensor:
+        return f[..., : self.d_in] - f[..., self.d_in : 2 * self.d_in] + self.mean
+
+
+def _offset_acts(seed: int) -> Tensor:
+    """[12, 16, 32] activations with a mean of ~50 per dimension against a unit spread, the
+    shape of real residual streams (their mean norm dwarfs the per-token variation)."""
+    offset = 50.0 + 10.0 * torch.rand(32, generator=torch.Generator().manual_seed(0))
+    return offset + torch.randn(12, 16, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_explained_variance_is_measured_against_the_data_mean():
+    """An SAE that only outputs the (training) mean explains nothing, whatever the offset."""
+    from saelab.evals.core import reconstruction_metrics
+
+    acts = _offset_acts(0)
+    train_mean = _offset_acts(1).flatten(0, 1).mean(0)
+    for scale, dead in ((0.0, 0), (0.5, 7)):
+        sae = ShrinkSAE(train_mean, scale, dead)
+        out = reconstruction_metrics(sae, acts, CONFIG)
+        x = acts.flatten(0, 1).double()
+        x_hat = sae.decode(sae.encode(acts)).flatten(0, 1).double()
+        sq_err = (x - x_hat).pow(2).sum().item()
+        ev = 1 - sq_err / (x - x.mean(0)).pow(2).sum().item()
+        f = sae.encode(acts).flatten(0, 1)
+        assert out["reconstruction_quality"]["explained_variance"] == pytest.approx(ev, abs=1e-6)
+        assert out["reconstruction_quality"]["mse"] == pytest.approx(sq_err / x.numel())
+        assert out["sparsity"]["l0"] == pytest.approx((f != 0).sum().item() / x.shape[0])
+        dead_fraction = ((f != 0).sum(0) == 0).double().mean().item()
+        assert out["misc"]["frac_dead_latents"] == pytest.approx(dead_fraction)
+        if scale == 0.0:
+            assert abs(ev) < 0.05 and dead_fraction == 1.0
+        else:
+            assert ev == pytest.approx(0.75, abs=0.02) and dead_fraction == pytest.approx(7 / 71)
+
+
+class IdentitySAE:
+    """Reconstructs perfectly: splicing it in changes nothing."""
+
+    def __init__(self, d_in: int):
+        self.d_in = self.d_sae = d_in
+
+    def encode(self, x: Tensor) -> Tensor:
+        return x
+
+    def decode(self, f: Tensor) -> Tensor:
+        return f
+
+
+def test_ce_and_kl_scores_are_one_for_a_perfect_sae_and_zero_for_ablation(lm, caches):
+    from saelab.evals.core import downstream_metrics
+
+    tokens = caches[1].tokens[:2]
+    for sae, score in ((IdentitySAE(lm.d_model), 1.0), (ZeroSAE(lm.d_model, 8), 0.0)):
+        out = downstream_metrics(sae, lm, LAYER, tokens, CONFIG)
+        ce = out["model_performance_preservation"]["ce_loss_score"]
+        kl = out["model_behavior_preservation"]["kl_div_score"]
+        assert (ce, kl) == (pytest.approx(score, abs=1e-3), pytest.approx(score, abs=1e-3))

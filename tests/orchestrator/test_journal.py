@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from datetime import datetime
@@ -58,3 +59,21 @@ def test_entries_survive_kill_9_of_the_writer(tmp_path):
     entries = Journal(path).entries("run")
     assert [e["run_name"] for e in entries] == ["run_0", "run_1", "run_2"]
     assert all(len(json.dumps(e)) > 10000 for e in entries)
+
+
+def test_each_append_is_flushed_and_synced_before_it_returns(tmp_path, monkeypatch):
+    """kill -9 leaves the page cache intact, so only a spy on fsync sees the sync go missing."""
+    path = tmp_path / "journal.jsonl"
+    real_fsync, synced = os.fsync, []
+
+    def spy(fd: int) -> None:
+        stat = os.fstat(fd)
+        synced.append((stat.st_ino, stat.st_size))  # the size the OS had when it was synced
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    journal = Journal(path)
+    for i in range(3):
+        journal.append("run", run_name=f"run_{i}")
+        file_syncs = [size for inode, size in synced if inode == path.stat().st_ino]
+        assert file_syncs[-1:] == [path.stat().st_size] and len(file_syncs) == i + 1
