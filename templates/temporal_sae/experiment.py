@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from saelab.activations import ActivationCache, harvest
 from saelab.artifact import save_artifact
 from saelab.models import OFFLINE_MODEL, LanguageModel, load_model
+from saelab.saelens import write_saelens
 
 console = Console()
 
@@ -421,28 +421,22 @@ def save_sae(sae: SAE, scale: float, cfg: Config, out_dir: Path, example_BLD: Te
 
 
 def save_saelens(sae: SAE, scale: float, cfg: Config, out_dir: Path) -> None:
-    """SAELens layout; folding the input scale in makes the saved SAE read raw residuals."""
-    weights = {name: tensor.detach().float().cpu() for name, tensor in sae.state_dict().items()}
-    weights["W_enc"] = weights["W_enc"] * scale
-    weights["W_dec"] = weights["W_dec"] / scale
-    weights["b_dec"] = weights["b_dec"] / scale
-    weights = {name: tensor.contiguous() for name, tensor in weights.items()}
-    save_file(weights, out_dir / "sae_weights.safetensors")
-    sae_cfg = {
-        "architecture": cfg.architecture,
-        "d_in": sae.d_in,
-        "d_sae": sae.d_sae,
-        "k": cfg.k,
-        "model_name": cfg.model_name,
-        "hook_name": f"blocks.{cfg.layer}.hook_resid_post",
-        "hook_layer": cfg.layer,
-        "context_size": cfg.seq_len,
-        "prepend_bos": True,
-        "normalize_activations": "none",
-        "dtype": "float32",
-        "apply_b_dec_to_input": True,
-    }
-    (out_dir / "cfg.json").write_text(json.dumps(sae_cfg, indent=2))
+    """SAELens layout for the standard architectures (none for a variant SAELens lacks);
+    folding the input scale in makes the saved SAE read raw residuals."""
+    w = {name: tensor.detach().float().cpu() for name, tensor in sae.state_dict().items()}
+    write_saelens(
+        out_dir,
+        cfg.architecture,
+        w["W_enc"] * scale,
+        w["b_enc"],
+        w["W_dec"] / scale,
+        w["b_dec"] / scale,
+        k=cfg.k,
+        threshold=w.get("threshold"),  # pre-activations are unchanged by the folding
+        model_name=cfg.model_name,
+        layer=cfg.layer,
+        seq_len=cfg.seq_len,
+    )
 
 
 def write_results(out_dir: Path, facts: dict, cfg: Config) -> None:
