@@ -1,4 +1,4 @@
-"""Build the lab's shared caches once, before any experiment runs: model, data, activations.
+"""Build the lab's shared caches once, before any run: model, data, activations, eval cache.
 
     python -m saelab.prepare                  # the cpu profile: Gemma 3 270M, layer 6, 300k tokens
     python -m saelab.prepare --profile gpu    # Gemma-2-2B, layer 12, 4M tokens (~18 GB)
@@ -25,6 +25,7 @@ from rich.console import Console
 from saelab.activations import ACTS_DTYPE, TOKENS_DTYPE, harvest, is_cached
 from saelab.cache import SaelabError, cache_root
 from saelab.data import load_corpus, probing_tasks, unlearning_questions
+from saelab.evals import warm_eval_cache
 from saelab.evals.common import EvalConfig
 from saelab.models import OFFLINE_MODEL, load_model, model_width
 from saelab.profiles import PROFILES, profile
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         lab = profile(args.profile)
         given = {name: getattr(args, name) for name in SETTINGS}
         settings = {name: getattr(lab, name) if v is None else v for name, v in given.items()}
-        prepare(**settings, eval_config=lab.eval_config())
+        prepare(**settings, eval_config=lab.eval_config(), test_fraction=lab.test_fraction)
     except (SaelabError, ValueError) as err:
         console.print(f"[red]error:[/] {err}", highlight=False)
         return 2
@@ -62,18 +63,28 @@ def prepare(
     seq_len: int,
     cache_tokens: int,
     eval_config: EvalConfig | None = None,
+    test_fraction: float = 0.05,
 ) -> dict:
-    """Build (or find) every shared cache an experiment needs; returns seconds per step."""
+    """Build (or find) every shared cache experiments and the referee read; returns seconds
+    per step. Agent code and the referee run sandboxed, unable to write the shared cache, so
+    what they read must be built here."""
     need = disk_needed(model_name, layer, corpus, seq_len, cache_tokens, eval_config)
     check_disk_space(need)
     seconds: dict[str, float] = {}
     model = _step(seconds, "model", f"{model_name} weights", lambda: _model(model_name))
     _step(seconds, "data", "offline corpora and eval sets", lambda: _data(corpus))
-    _step(
+    cache = _step(
         seconds,
         "activations",
         f"activation cache: layer {layer}, {cache_tokens:,} tokens",
         lambda: harvest(model, layer, corpus, seq_len, cache_tokens),
+    )
+    config = eval_config or EvalConfig()
+    _step(
+        seconds,
+        "evals",
+        "the referee's eval cache (residuals, clean losses and answers of its fixed texts)",
+        lambda: warm_eval_cache(model, layer, cache.split(test_fraction)[1], config),
     )
     total = sum(seconds.values())
     console.print(f"[bold]lab caches ready[/] in {total:.0f} s under {cache_root()}")

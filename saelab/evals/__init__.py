@@ -32,20 +32,23 @@ attribute, else the CPU (saelab.evals.common.sae_device).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 
 from rich.console import Console
 
 from saelab.activations import ActivationCache
+from saelab.cache import cache_dir, stable_key, write_json
 from saelab.evals.common import EvalConfig, Normalized, SAELike
 from saelab.evals.core import run_core
+from saelab.evals.reference import PCASAE
 from saelab.evals.sparse_probing import run_sparse_probing
 from saelab.evals.temporal import check_causal, run_temporal
 from saelab.evals.unlearning import run_unlearning
 from saelab.models import LanguageModel
 
-__all__ = ["EVALS", "EvalConfig", "Normalized", "check_causal", "run_evals"]
+__all__ = ["EVALS", "EvalConfig", "Normalized", "check_causal", "run_evals", "warm_eval_cache"]
 
 EVALS = ("core", "sparse_probing", "unlearning", "temporal")
 NEEDS_CACHE = ("core", "temporal")
@@ -84,3 +87,18 @@ def run_evals(
         if progress:
             console.print(f"[bold]eval {name}[/bold] done in {seconds:.1f} s")
     return blocks
+
+
+def warm_eval_cache(
+    model: LanguageModel, layer: int, test_cache: ActivationCache, config: EvalConfig
+) -> None:
+    """Fill the shared eval cache for these settings by evaluating a reference SAE once; a
+    marker makes later calls free. (The referee runs where it cannot write the shared cache.)"""
+    fields = {"model": model.name, "layer": layer, "config": dataclasses.asdict(config)}
+    fields["test"] = test_cache.meta["sha256"]["acts.bin"]  # which cache entry, by content
+    marker = cache_dir("evals") / f"warm-{stable_key(fields)}.json"
+    if marker.is_file():
+        return
+    x_ND = test_cache.acts[: config.core_recon_seqs].float().flatten(0, 1)
+    run_evals(PCASAE(x_ND, k=32), model, layer, EVALS, test_cache, config, progress=False)
+    write_json(marker, fields)
