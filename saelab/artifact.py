@@ -113,15 +113,14 @@ class ExportedSAE:
 
     @property
     def mutated_buffers(self) -> list[str]:
-        """Buffers a call writes: state carried from one call to the next."""
-        return [
-            name
-            for program in (self.encode_program, self.decode_program)
-            for name in (
-                *program.graph_signature.buffers_to_mutate.values(),
-                *program.graph_signature.user_inputs_to_mutate.values(),
-            )
-        ]
+        """Buffers (or inputs) a call writes: state carried from one call to the next. Read from
+        the functionalised graph (export keeps in-place ops; functionalising lists them)."""
+        written = []
+        for program in (self.encode_program, self.decode_program):
+            signature = program.run_decompositions({}).graph_signature
+            written += [*signature.buffers_to_mutate.values()]
+            written += [*signature.user_inputs_to_mutate.values()]
+        return written
 
     @property
     def n_weights(self) -> int:
