@@ -1,9 +1,10 @@
 """The end-of-loop report: notes.txt, plots and the closing table.
 
-Every number comes from a run's own result file (or, for an earlier attempt whose directory a
-retry replaced, from the verdict the journal recorded when that file was read): never from the
-LLM's prose. The agent's analysis is shown beside the numbers, with a warning where it claims a
-success that validation refused.
+Every number comes from the verdict the journal recorded when the run was judged (the numbers
+the lab's referee measured, and the training facts the experiment reported, each tagged), never
+from the LLM's prose; a run file that changed after its verdict is flagged, not re-read. The
+agent's analysis is shown beside the numbers, with a warning where it claims a success that
+validation refused.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from orchestrator.journal import Journal
 from orchestrator.runner import expand_command, run_command
 from orchestrator.templates import TemplateSpec
 from orchestrator.validate import validate_run
+from orchestrator.workspace import file_digests
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ class RunRecord:
     seconds: float | None
     attempt: int | None = None
     from_journal: bool = False  # numbers as validated when it ran: its directory is gone now
+    sources: dict[str, str] = field(default_factory=dict)  # metric -> "measured" | "reported"
+    changed_after_verdict: list[str] = field(default_factory=list)  # run files edited since
 
     @property
     def label(self) -> str:
@@ -112,14 +116,17 @@ def _attempt_record(
     verdict = _last(during, "verdict", name)
     run = _last(during, "run", name) or {}
     from_journal = replaced or not (workspace / name).is_dir()
-    if from_journal:  # a retry replaced this attempt's directory: use what was validated then
-        recorded = (verdict or {}).get("metrics") or {}
+    fresh = None
+    if verdict is not None:  # the journal is the authority: the numbers as they were judged
+        recorded = verdict.get("metrics") or {}
         metrics = {key: recorded.get(key) for key in spec.key_metrics}
-        fresh = None
-    else:
+        sources = verdict.get("sources") or {}
+    elif from_journal:
+        metrics, sources = dict.fromkeys(spec.key_metrics), {}
+    else:  # crashed or timed out: whatever the directory holds, unjudged
         fresh = validate_run(workspace / name, spec)
-        metrics = fresh.metrics
-    # the loop's recorded verdict may hold more than the file shows (e.g. protected files changed)
+        metrics, sources = fresh.metrics, fresh.sources
+    changed = [] if from_journal or verdict is None else _changed_files(workspace / name, verdict)
     judged = verdict or {
         "ok": bool(fresh and fresh.ok),
         "problems": fresh.problems if fresh else [],
@@ -137,7 +144,18 @@ def _attempt_record(
         seconds=run.get("seconds"),
         attempt=run.get("attempt"),
         from_journal=from_journal,
+        sources=sources,
+        changed_after_verdict=changed,
     )
+
+
+def _changed_files(run_dir: Path, verdict: dict) -> list[str]:
+    """Files of a judged run that differ from the digests its verdict recorded."""
+    recorded = verdict.get("files")
+    if recorded is None:  # a journal from before verdicts recorded digests
+        return []
+    now = file_digests(run_dir)
+    return sorted(p for p in {*recorded, *now} if recorded.get(p) != now.get(p))
 
 
 @dataclass
@@ -191,6 +209,7 @@ def write_notes(
         replay_banner=replay_banner,
         template=spec.name,
         result_file=spec.result_file,
+        measured_file=spec.referee.result_file if spec.referee else None,
         runs=collect_runs(workspace, spec, journal),
         calls=len(journal.entries("llm_call")),
         tokens=tokens,
@@ -327,6 +346,7 @@ def _baseline_record(workspace: Path, spec: TemplateSpec) -> RunRecord:
         analysis="(baseline: the template's own run, before any agent edit)",
         claims_success_but_failed=False,
         seconds=None,
+        sources=verdict.sources,
     )
 
 

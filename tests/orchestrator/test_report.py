@@ -20,6 +20,7 @@ from orchestrator.report import (
     summary_table,
     write_notes,
 )
+from orchestrator.workspace import file_digests
 
 IDEA = {"Name": "toy", "Title": "Toy idea", "Experiment": "Train the toy model longer."}
 CLAIM = "The run succeeded and the score improved to 0.99, a great result."
@@ -37,7 +38,9 @@ def workspace(tmp_path):
     journal.append("start", idea="toy")
     journal.append("llm_call", prompt_tokens=100, completion_tokens=20, cost=0.01)
     journal.append("run", run_name="run_1", attempt=1, returncode=0, timed_out=False, seconds=3.0)
-    journal.append("verdict", run_name="run_1", ok=True, problems=[], metrics={})
+    judged = {"steps": 120, "loss": 0.0098765432101, "score": 0.91}  # as the loop records them
+    files = file_digests(ws / "run_1")
+    journal.append("verdict", run_name="run_1", ok=True, problems=[], metrics=judged, files=files)
     journal.append("run_done", run_name="run_1", status="ok")
     journal.append("response", text="Run 1 worked: the score improved.")
     journal.append("run", run_name="run_2", attempt=1, returncode=1, timed_out=False, seconds=1.0)
@@ -47,7 +50,8 @@ def workspace(tmp_path):
     journal.append("llm_call", prompt_tokens=50, completion_tokens=5, cost=None)
     journal.append("run", run_name="run_2", attempt=2, returncode=0, timed_out=False, seconds=2.0)
     problems = ["training_steps = 0 violates 'training_steps > 0'", "protected files changed"]
-    journal.append("verdict", run_name="run_2", ok=False, problems=problems, metrics={})
+    judged = {"steps": 0, "loss": 0.012345678901, "score": 0.5}
+    journal.append("verdict", run_name="run_2", ok=False, problems=problems, metrics=judged)
     journal.append("run_done", run_name="run_2", status="invalid")
     journal.append("response", text="Preliminary thoughts.")
     journal.append("response", text=CLAIM)
@@ -75,7 +79,7 @@ def test_collect_runs_reads_numbers_from_disk_or_the_recorded_verdict(workspace,
     assert run_1.metrics == {"steps": 120, "loss": 0.0098765432101, "score": 0.91}
     assert crashed.metrics == {"steps": 7, "loss": None, "score": None}  # as recorded
     assert crashed.problems == ["crash"] and crashed.from_journal and not invalid.from_journal
-    assert invalid.metrics["steps"] == 0 and not invalid.verdict_ok  # re-read from disk
+    assert invalid.metrics["steps"] == 0 and not invalid.verdict_ok  # as judged
     assert invalid.problems[1] == "protected files changed"  # the loop's verdict, as recorded
     assert invalid.analysis == CLAIM  # the last response after the run
     assert timeout.problems[0].startswith(
@@ -100,7 +104,7 @@ def test_notes_numbers_equal_final_info_numbers_and_warn_on_false_claims(workspa
     )
     for name in ("run_0", "run_1", "run_2 (attempt 2)"):
         recorded = json.loads((workspace / name[:5] / "final_info.json").read_text())
-        shown = dict(re.findall(r"^  (steps|loss|score): (.+)$", sections[name], re.M))
+        shown = dict(re.findall(r"^  (steps|loss|score): (\S+)", sections[name], re.M))
         assert float(shown["loss"]) == recorded["final_loss"]
         assert float(shown["score"]) == recorded["eval"]["score"]
         assert int(shown["steps"]) == recorded["training_steps"]
@@ -108,7 +112,7 @@ def test_notes_numbers_equal_final_info_numbers_and_warn_on_false_claims(workspa
     assert "## run_1 (attempt 1): VALID" in notes
     assert "## run_2 (attempt 2): INVALID" in notes
     assert "## run_2 (attempt 1): CRASHED" in notes
-    assert "as validated when this attempt ran" in notes and "  score: missing" in notes
+    assert "as judged when this attempt ran" in notes and "  score: missing" in notes
     assert notes.count("WARNING: the agent's analysis below claims success") == 2
     assert "## run_3 (attempt 1): TIMEOUT" in notes and "this run is TIMEOUT" in notes
     warned = sections["run_2 (attempt 2)"]
@@ -204,3 +208,12 @@ def test_edit_blocks_are_shortened_in_the_agent_analysis():
         "Then compare with run_0."
     )
     assert without_edit_blocks("No edits, just analysis.") == "No edits, just analysis."
+
+
+def test_a_run_file_changed_after_its_verdict_is_flagged_not_reread(workspace, tmp_path):
+    (workspace / "run_1" / "final_info.json").write_text(json.dumps(core_result(eval={"score": 1})))
+    run_1 = collect_runs(workspace, _spec(tmp_path), Journal(workspace / "journal.jsonl"))[1]
+    assert run_1.metrics["score"] == 0.91  # the judged number, not the edited file's
+    assert run_1.changed_after_verdict == ["final_info.json"]
+    notes = write_notes(workspace, _spec(tmp_path), Journal(workspace / "journal.jsonl"), IDEA)
+    assert "files of run_1 changed after its verdict: final_info.json" in notes.read_text()
