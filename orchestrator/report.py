@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from rich.table import Table
 
 from orchestrator.journal import Journal
-from orchestrator.runner import expand_command, run_command
+from orchestrator.runner import expand_command, run_sandboxed
 from orchestrator.templates import TemplateSpec
 from orchestrator.validate import validate_run
 from orchestrator.workspace import file_digests
@@ -361,21 +361,26 @@ def _png_stamps(workspace: Path) -> dict[Path, int]:
 def _template_plots(
     workspace: Path, spec: TemplateSpec, command: list[str], live: bool
 ) -> list[Path]:
-    before = _png_stamps(workspace)
-    result = run_command(
+    """The template's plot command (agent code: sandboxed, it may write plots/ only)."""
+    out = workspace / PLOTS_DIR
+    out.mkdir(exist_ok=True)
+    before = _png_stamps(out)
+    result = run_sandboxed(
         expand_command(command, spec),
+        spec,
         cwd=workspace,
+        writable=out,
         log_path=workspace / "plot_log.txt",
         timeout=PLOT_TIMEOUT,
         live=live,
         title="plot",
     )
-    produced = sorted(p for p, stamp in _png_stamps(workspace).items() if before.get(p) != stamp)
+    produced = sorted(p for p, stamp in _png_stamps(out).items() if before.get(p) != stamp)
     if not result.ok:
         log.warning("plot command failed (see %s); using built-in plots", result.log_path)
         return []
     if not produced:
-        log.warning("plot command wrote no PNG; using built-in plots")
+        log.warning("plot command wrote no PNG in %s; using built-in plots", out)
     return produced
 
 

@@ -1,6 +1,6 @@
 """Plot every run_*/ in the current directory: loss curves, key metrics, the L0-EV frontier.
 
-    python plot.py          # writes loss_curves.png, key_metrics.png, frontier.png
+    python plot.py          # writes plots/loss_curves.png, key_metrics.png, frontier.png
 
 Metric paths come from template.json (key_metrics); runs without a value are left out.
 """
@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 LABELS: dict[str, str] = {}  # run dir -> legend label, e.g. {"run_0": "baseline"}
+OUT = Path("plots")  # the only place the plot command may write (it runs sandboxed)
 EV_PATH = "core.eval_result_metrics.reconstruction_quality.explained_variance"
 L0_PATH = "core.eval_result_metrics.sparsity.l0"
 
@@ -42,11 +43,15 @@ def lookup(info: dict, dotted: str) -> float | None:
 
 
 def load_runs() -> dict[str, dict]:
-    """run dir name -> final_info, in run order."""
+    """run dir name -> its numbers, in run order: the training facts the run reported
+    (final_info.json) under the blocks the lab's referee measured (referee.json)."""
     runs = {}
     paths = sorted(Path.cwd().glob("run_*/final_info.json"), key=lambda p: run_number(p.parent))
     for path in paths:
+        measured = path.parent / "referee.json"
         runs[path.parent.name] = json.loads(path.read_text())
+        if measured.exists():
+            runs[path.parent.name] |= json.loads(measured.read_text())
     return runs
 
 
@@ -70,7 +75,7 @@ def plot_loss_curves(runs: dict[str, dict], curves_file: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig("loss_curves.png", dpi=150)
+    fig.savefig(OUT / "loss_curves.png", dpi=150)
     plt.close(fig)
 
 
@@ -90,7 +95,7 @@ def plot_key_metrics(runs: dict[str, dict], key_metrics: dict[str, str]) -> None
     for ax in list(axes.flat)[len(key_metrics) :]:
         ax.axis("off")
     fig.suptitle("Key metrics per run")  # constrained layout leaves room for it
-    fig.savefig("key_metrics.png", dpi=150)
+    fig.savefig(OUT / "key_metrics.png", dpi=150)
     plt.close(fig)
 
 
@@ -106,7 +111,7 @@ def plot_frontier(runs: dict[str, dict]) -> None:
     ax.set_title("Sparsity-reconstruction frontier")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig("frontier.png", dpi=150)
+    fig.savefig(OUT / "frontier.png", dpi=150)
     plt.close(fig)
 
 
@@ -115,10 +120,11 @@ def main() -> None:
     runs = load_runs()
     if not runs:
         raise SystemExit(f"no run_*/final_info.json under {Path.cwd()}")
+    OUT.mkdir(exist_ok=True)
     plot_loss_curves(runs, meta.get("curves_file", "loss_curve.json"))
     plot_key_metrics(runs, meta["key_metrics"])
     plot_frontier(runs)
-    print(f"plotted {len(runs)} runs: loss_curves.png, key_metrics.png, frontier.png")
+    print(f"plotted {len(runs)} runs into {OUT}/: loss_curves.png, key_metrics.png, frontier.png")
 
 
 if __name__ == "__main__":

@@ -324,7 +324,7 @@ def test_plot_writes_readable_pngs(tiny_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     plot.main()
     for name in ("loss_curves.png", "key_metrics.png", "frontier.png"):
-        assert (tmp_path / name).stat().st_size > 10_000, name
+        assert (tmp_path / "plots" / name).stat().st_size > 10_000, name
 
 
 @pytest.mark.slow

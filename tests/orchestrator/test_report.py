@@ -9,6 +9,7 @@ import pytest
 from helpers import core_result, core_spec, core_write_run
 from rich.console import Console
 
+from orchestrator import sandbox
 from orchestrator.journal import Journal
 from orchestrator.report import (
     AGENT_NOTES_HEADING,
@@ -175,11 +176,22 @@ def test_failing_plot_command_falls_back_to_builtin_plots(workspace, tmp_path):
 
 
 def test_template_plot_command_output_is_used(workspace, tmp_path):
-    png = "import shutil, sys; open('fig.png', 'wb').write(b'\\x89PNG fake')"
+    png = "import shutil, sys; open('plots/fig.png', 'wb').write(b'\\x89PNG fake')"
     spec = _spec(tmp_path, plot_command=["{python}", "-c", png])
     paths = make_plots(workspace, spec, Journal(workspace / "journal.jsonl"), live=False)
-    assert paths == [workspace / "fig.png"]
-    assert not (workspace / "plots").exists()
+    assert paths == [workspace / "plots" / "fig.png"]
+    assert not (workspace / "plots" / "key_metrics.png").exists()  # no fallback needed
+
+
+@pytest.mark.skipif(bool(sandbox.probe().missing()), reason=sandbox.probe().summary())
+def test_the_plot_command_may_write_plots_only(workspace, tmp_path):
+    """plot.py is agent code: sandboxed like the experiment, it cannot touch the records."""
+    tamper = "open('journal.jsonl', 'a').write('forged')"
+    spec = _spec(tmp_path, plot_command=["{python}", "-c", tamper])
+    before = (workspace / "journal.jsonl").read_text()
+    make_plots(workspace, spec, Journal(workspace / "journal.jsonl"), live=False)
+    assert (workspace / "journal.jsonl").read_text() == before
+    assert "PermissionError" in (workspace / "plot_log.txt").read_text()
 
 
 def test_summary_table_lists_runs_verdicts_metrics_and_totals(workspace, tmp_path):
