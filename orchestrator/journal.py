@@ -11,7 +11,9 @@ loop writes, with their fields:
     commit    sha, message, files
     revert    files, why
     run       run_name, attempt, returncode, timed_out, seconds
-    verdict   run_name, ok, problems, metrics
+    setup     seconds, sandbox_missing (protections this machine lacks), network, code (digest)
+    verdict   run_name, ok, problems, metrics, sources (metric -> measured | reported),
+              artifact (the referee's digest), files (run-dir path -> sha256), commit
     run_done  run_name, status ("ok" | "invalid" | "crashed" | "timeout")
     end       reason
 One attempt of a run is journalled as "run", then "verdict" (absent after a crash or timeout),
