@@ -69,7 +69,7 @@ def test_resume_after_a_passed_run_continues_at_the_next_run(
     assert statuses(ws) == [("run_1", "ok")]
     run_1 = snapshot(ws / "run_1")
 
-    loop.run(loop.Settings(resume=ws, live=False))
+    loop.run(loop.Settings(resume=ws, live=False, allow_dirty_code=True))
     assert statuses(ws) == [("run_1", "ok"), ("run_2", "ok")]
     assert snapshot(ws / "run_1") == run_1  # not run again, not deleted
     run_2 = json.loads((ws / "run_2/final_info.json").read_text())
@@ -88,7 +88,7 @@ def test_a_resumed_replay_equals_an_uninterrupted_one(run_loop, reply, monkeypat
     with pytest.raises(KeyboardInterrupt):
         run_loop([], **offline)
     (cut,) = [ws for ws in (tmp_path / "results").iterdir() if ws != whole]
-    loop.run(loop.Settings(resume=cut, live=False))
+    loop.run(loop.Settings(resume=cut, live=False, allow_dirty_code=True))
 
     assert Workspace.open(cut).patches() == Workspace.open(whole).patches()
     assert len(Workspace.open(whole).patches()) == 2

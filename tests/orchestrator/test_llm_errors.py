@@ -159,7 +159,11 @@ def test_provider_down_ends_the_loop_resumably(run_loop, tmp_path, faults, reque
 def test_context_window_error_shortens_the_prompt_once(run_loop, reply, monkeypatch):
     monkeypatch.setattr(agent, "LOG_LINES", 1)
     crash = reply("Normalise the loss.", ("experiment.py", LOSS_LINE, CRASH_LINE))
-    fix = reply("Undo the division by zero.", ("experiment.py", CRASH_LINE, LOSS_LINE))
+    fix = reply(  # and a new step size: undoing alone would hand in run_0's weights again
+        "Undo the division by zero.",
+        ("experiment.py", CRASH_LINE, LOSS_LINE),
+        ("experiment.py", "learning_rate = 0.05  # step size", "learning_rate = 0.04  # step size"),
+    )
     ws, server = run_loop([crash, CONTEXT_LENGTH, fix], max_runs=1)
     entries = Journal(ws / "journal.jsonl").entries()
     assert statuses(entries) == ["crashed", "ok"]
@@ -186,7 +190,7 @@ def test_spend_cap_stops_before_the_call_and_a_higher_cap_resumes(run_loop, more
     assert "--max-cost" in entries[-1]["reason"] and "end" not in kinds(entries)
     assert (ws / "notes.txt").is_file()  # a clean stop writes the report
 
-    assert loop.run(loop.Settings(resume=ws, max_cost=1.0, live=False)) == ws
+    assert loop.run(loop.Settings(resume=ws, max_cost=1.0, live=False, allow_dirty_code=True)) == ws
     entries = Journal(ws / "journal.jsonl").entries()
     assert statuses(entries) == ["ok"] and kinds(entries)[-1] == "end"
     calls = [e for e in entries if e["kind"] == "llm_call"]
