@@ -3,12 +3,14 @@
 A tiny random Gemma2ForCausalLM (conftest's hub_gemma2: 4 layers, hidden 64, the Gemma
 tokenizer's 262k vocabulary, eager attention with soft-capping) stands in for
 google/gemma-2-2b. With HF_HUB_OFFLINE=1 and $SAELAB_CACHE in a fresh folder, `saelab.prepare`
-builds its caches and the evals score an SAE on it through `load_model(<folder>)`, the code a
-GPU run takes; nothing may depend on the offline model's sizes.
+builds its caches, the evals score an SAE on it through `load_model(<folder>)`, and
+experiment.py trains an SAE the referee then measures: the code a GPU run takes; nothing may
+depend on the offline model's sizes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -21,6 +23,7 @@ from saelab.evals import EVALS, run_evals
 from saelab.evals.reference import PCASAE
 from saelab.models import load_model
 from saelab.profiles import profile
+from saelab.referee import measure
 
 LAB = profile("tiny")
 LAYER = 2
@@ -71,3 +74,16 @@ def test_the_evals_score_an_sae_on_it_through_load_model(hub_gemma2, prepared):
     assert 0.5 <= probe <= 1.0
     temporal = blocks["temporal"]["eval_result_metrics"]["temporal"]
     assert 0 < temporal["consistency_short"] <= 1
+
+
+def test_an_experiment_and_the_referee_run_on_it(ex, hub_gemma2, prepared, tmp_path):
+    """The rest of a GPU user's path: experiment.py trains on the folder's model and saves the
+    artifact; the referee measures it with the profile's settings for that model."""
+    out_dir = tmp_path / "run_1"
+    ex.main([f"--out_dir={out_dir}", "--budget=tiny", f"--model_name={hub_gemma2}", "--layer=2"])
+    lab = dataclasses.replace(LAB, model_name=str(hub_gemma2), layer=LAYER)
+    measured = measure(out_dir, lab)
+    assert measured["referee"]["purity"] == dict.fromkeys(measured["referee"]["purity"], 1.0)
+    assert measured["core"]["sae_cfg_dict"]["d_in"] == 64
+    assert set(EVALS) <= set(measured)
+    assert measured["core"]["eval_result_metrics"]["sparsity"]["l0"] > 0
