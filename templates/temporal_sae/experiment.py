@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from saelab.activations import ActivationCache, harvest
 from saelab.artifact import save_artifact
 from saelab.models import OFFLINE_MODEL, LanguageModel, load_model
+from saelab.profiles import profile
 from saelab.saelens import write_saelens
 
 console = Console()
@@ -81,11 +82,16 @@ class Config:
 
 
 # Budget profiles override sizes (and the tiny run's lr): the SAE itself is the same in tests.
+def lab_data(name: str) -> dict:
+    """The data knobs of a lab profile: what the referee measures on (saelab.profiles)."""
+    lab = profile(name)
+    knobs = ("model_name", "layer", "corpus", "seq_len", "cache_tokens", "test_fraction")
+    return {knob: getattr(lab, knob) for knob in knobs}
+
+
 BUDGETS = {
     "tiny": dict(
-        seq_len=32,
-        cache_tokens=16_384,
-        test_fraction=0.2,  # enough held-out tokens to tell a rare latent from a dead one
+        **lab_data("tiny"),  # a 16k-token slice; 20% held out tells rare latents from dead
         train_tokens=49_152,
         learning_rate=1e-3,  # 96 steps: too few for the CPU default's cautious lr
         batch_size=16,
@@ -93,8 +99,15 @@ BUDGETS = {
         warmup_steps=10,
         log_every=2,
     ),
-    "cpu": {},
-    "gpu": dict(layer=12, cache_tokens=4_000_000, train_tokens=40_000_000, batch_size=32),
+    "cpu": lab_data("cpu"),
+    "gpu": dict(
+        **lab_data("gpu"),  # Gemma-2-2B layer 12, a 4M-token cache
+        train_tokens=40_000_000,  # ~10 passes over the cache; SAEBench's SAEs saw ~500M
+        batch_size=32,  # 4,096 tokens: SAELens's train_batch_size_tokens default
+        learning_rate=3e-4,  # SAELens default; Bussmann et al. 2024 (BatchTopK) main.py
+        warmup_steps=500,  # ~5% of 9,765 steps
+        dead_tokens=1_000_000,  # Gao et al. 2024: 10M; BatchTopK code: 20k; SAELens: 4.1M
+    ),
 }
 KNOB_GROUPS = {
     "run": ["out_dir", "budget", "seed"],
