@@ -4,7 +4,8 @@ CLI only; the loop lives in orchestrator/loop.py. Run with any Python 3.11: the 
 does is build the two environments if needed and re-execute itself inside the orchestrator's.
 Exit status: 0 the loop ended with at least one VALID run beyond the baseline, 1 it ended (or
 stopped) without one, or the LLM provider kept failing; 2 a usage or configuration error (the
-provider refusing the key or the model included); 130 Ctrl-C.
+provider refusing the key or the model included); 130 Ctrl-C. A batch (--ideas, --all-ideas,
+orchestrator/batch.py) exits 0 when every idea has a VALID run, else 1.
 """
 
 from orchestrator.envs import ensure_and_reexec  # stdlib only: runs before anything third-party
@@ -35,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument(
         "--fresh",
         action="store_true",
-        help="start a new workspace even if this idea has an unfinished one (default: resume it)",
+        help="start a new workspace even if this idea has an unfinished one (default: resume it); "
+        "with --ideas or --all-ideas, a new batch of new workspaces",
     )
     many = p.add_argument_group("many ideas at once, on Ray (a local instance, or a cluster)")
     many.add_argument("--ideas", type=names, metavar="A,B,C", help="a batch: one loop per idea")
@@ -120,8 +122,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def names(text: str) -> list[str]:
     """--ideas a,b,c -> ["a", "b", "c"], each once."""
     found = [name.strip() for name in text.split(",") if name.strip()]
-    if not found or len(set(found)) != len(found):
+    if not found:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of idea names")
+    if len(set(found)) != len(found):
+        raise argparse.ArgumentTypeError(f"{text!r} names an idea twice; name each once")
     return found
 
 

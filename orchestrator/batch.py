@@ -100,6 +100,7 @@ def report(results_dir: Path) -> list[summary.IdeaSummary]:
 
 
 def summaries(results_dir: Path) -> list[summary.IdeaSummary]:
+    """One row per idea of the latest batch; its errors are the ones journaled since it began."""
     record = Journal(Path(results_dir) / BATCH_FILE)
     batch = record.last("batch")
     if batch is None:

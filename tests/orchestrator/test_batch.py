@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import IDEAS as IDEAS_DIR
 from conftest import TEMPLATES
+from test_loop_e2e import wait_for
 
 from orchestrator import batch, summary
 from orchestrator.journal import Journal
@@ -104,14 +104,6 @@ def _batch_pids(home: Path) -> list[int]:
     return found
 
 
-def _wait_for(probe, seconds: float):
-    deadline = time.monotonic() + seconds
-    while not (found := probe()):
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
-    return found
-
-
 def test_killed_driver_resumes_the_batch(tmp_path, launch_args, reply):
     # tiny_lr's run sleeps while the flag file says so: the driver is killed during it, and
     # the flag is emptied before the same command runs again
@@ -132,12 +124,12 @@ def test_killed_driver_resumes_the_batch(tmp_path, launch_args, reply):
             command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            _wait_for(lambda: list(results.glob("*_tiny_lr/run_1/.runner.pgid")), 120)
+            wait_for(lambda: list(results.glob("*_tiny_lr/run_1/.runner.pgid")), 120)
         finally:
             driver.kill()  # SIGKILL: no cleanup of any kind
             driver.wait()
     os.killpg(driver.pid, signal.SIGKILL)  # what Ray left in the driver's group (its agents)
-    _wait_for(lambda: not _batch_pids(Path(os.environ["HOME"])), 60)  # its workers are gone
+    wait_for(lambda: not _batch_pids(Path(os.environ["HOME"])), 60)  # its workers are gone
     ws = {idea: paths[0] for idea, paths in workspaces(results).items()}
     before = {idea: (path / "journal.jsonl").read_text() for idea, path in ws.items()}
     assert Journal(ws["tiny_fast"] / "journal.jsonl").last("end")
