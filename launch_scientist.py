@@ -4,7 +4,8 @@ CLI only; the loop lives in orchestrator/loop.py. Run with any Python 3.11: the 
 does is build the two environments if needed and re-execute itself inside the orchestrator's.
 Exit status: 0 the loop ended with at least one VALID run beyond the baseline, 1 it ended (or
 stopped) without one, or the LLM provider kept failing; 2 a usage or configuration error (the
-provider refusing the key or the model included); 130 Ctrl-C.
+provider refusing the key or the model included); 130 Ctrl-C. A batch (--ideas, --all-ideas,
+orchestrator/batch.py) exits 0 when every idea has a VALID run, else 1.
 """
 
 from orchestrator.envs import ensure_and_reexec  # stdlib only: runs before anything third-party
@@ -16,14 +17,14 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from orchestrator import loop  # noqa: E402
-from orchestrator.ideas import IDEAS_DIR, IdeaError, list_ideas  # noqa: E402
+from orchestrator import batch, loop  # noqa: E402
+from orchestrator.ideas import IDEAS_DIR, IdeaError, available, list_ideas  # noqa: E402
 from orchestrator.journal import Journal  # noqa: E402
 from orchestrator.llm import API_KEY_VAR, LLMError, LLMHalt, ProviderRefused  # noqa: E402
 from orchestrator.templates import TemplateError  # noqa: E402
 from orchestrator.workspace import JOURNAL, WorkspaceError  # noqa: E402
 
-USER_ERRORS = (IdeaError, LLMError, TemplateError, WorkspaceError, loop.LoopError)
+USER_ERRORS = (IdeaError, LLMError, TemplateError, WorkspaceError, loop.LoopError, batch.BatchError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +36,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument(
         "--fresh",
         action="store_true",
-        help="start a new workspace even if this idea has an unfinished one (default: resume it)",
+        help="start a new workspace even if this idea has an unfinished one (default: resume it); "
+        "with --ideas or --all-ideas, a new batch of new workspaces",
+    )
+    many = p.add_argument_group("many ideas at once, on Ray (a local instance, or a cluster)")
+    many.add_argument("--ideas", type=names, metavar="A,B,C", help="a batch: one loop per idea")
+    many.add_argument("--all-ideas", action="store_true", help="a batch of every idea")
+    many.add_argument(
+        "--workers", type=int, metavar="N", help="ideas at once (default: as many as Ray fits)"
+    )
+    many.add_argument(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        help="join a running Ray cluster (default: start a local instance for this command)",
+    )
+    many.add_argument(
+        "--summary", type=Path, metavar="RESULTS_DIR", help="print and write a batch's summary"
     )
     llm = p.add_argument_group("which LLM (default: a provider key in the environment)")
     llm.add_argument("--model", help="litellm model name, e.g. anthropic/claude-sonnet-4-5")
@@ -90,9 +106,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--max-runs and --max-iters must be at least 1")
     if not args.max_cost >= 0:
         p.error("--max-cost must be a number of US dollars, 0 or more")
-    if not (args.idea or args.resume or args.list_ideas or args.replay):
-        p.error("pass --idea <name>, --resume <workspace>, --replay <journal> or --list-ideas")
+    many = bool(args.ideas or args.all_ideas)
+    if not (args.idea or args.resume or args.list_ideas or args.replay or many or args.summary):
+        p.error(
+            "pass --idea <name>, --ideas <a,b,c>, --all-ideas, --resume <workspace>, "
+            "--replay <journal>, --summary <results dir> or --list-ideas"
+        )
+    if many and (args.idea or args.resume or args.replay or (args.ideas and args.all_ideas)):
+        p.error("a batch takes one of --ideas or --all-ideas, without --idea, --resume, --replay")
+    if args.workers is not None and args.workers < 1:
+        p.error("--workers must be at least 1")
     return args
+
+
+def names(text: str) -> list[str]:
+    """--ideas a,b,c -> ["a", "b", "c"], each once."""
+    found = [name.strip() for name in text.split(",") if name.strip()]
+    if not found:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of idea names")
+    if len(set(found)) != len(found):
+        raise argparse.ArgumentTypeError(f"{text!r} names an idea twice; name each once")
+    return found
 
 
 def print_ideas(ideas_dir: Path) -> None:
@@ -129,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.list_ideas:
             print_ideas(args.ideas_dir)
             return 0
+        if args.summary:
+            batch.report(args.summary)
+            return 0
+        if args.ideas or args.all_ideas:
+            ideas = args.ideas or available(args.ideas_dir)
+            rows = batch.run_batch(settings, ideas, args.workers, args.ray_address, args.fresh)
+            return 0 if all(row.best for row in rows) else 1
         workspace = loop.run(settings)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)

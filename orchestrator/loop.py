@@ -99,6 +99,7 @@ class Settings:
     live: bool | None = None  # None: a live view only on a terminal
     require_sandbox: bool = False  # refuse to run agent code where the sandbox is incomplete
     allow_dirty_code: bool = False  # start although orchestrator/ or saelab/ has local changes
+    setup: bool = True  # run the template's setup_command (a batch runs it once, before)
 
 
 @dataclass
@@ -205,7 +206,7 @@ def _start(settings: Settings) -> Session:
         idea.name, settings.ideas_dir, settings.model, settings.api_base, settings.replay
     )
     llm.preflight(choice)
-    setup_seconds = _setup(spec)
+    setup_seconds = setup_lab(spec) if settings.setup else 0.0
     ws = Workspace.create(template_dir, idea.name, settings.results_dir, spec.editable_files)
     journal = Journal(ws.journal_path)
     journal.append(
@@ -267,7 +268,7 @@ def _resume(settings: Settings) -> Session:
     session.run_number, session.failures = _progress(journal)
     if journal.last("end") is None:  # an ended workspace only gets its report rewritten
         llm.preflight(session.choice)
-        session.phases["lab caches"] = _setup(spec)
+        session.phases["lab caches"] = setup_lab(spec) if settings.setup else 0.0
         _journal_setup(journal, session.phases["lab caches"], spec)
     console.print(f"[bold]resuming[/] {ws.root} at {session.run_name}")
     return session
@@ -342,7 +343,7 @@ def _baseline_gate(spec: TemplateSpec) -> Verdict:
     return verdict
 
 
-def _setup(spec: TemplateSpec) -> float:
+def setup_lab(spec: TemplateSpec) -> float:
     """Run the template's setup command (shared caches, built once); returns its seconds.
 
     Its output goes straight to the terminal so its own progress bars show; it is run on

@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,9 @@ COMPARE_OPS = (">", ">=", "<", "<=", "==", "!=")
 OPS = (*COMPARE_OPS, "finite", "exists")
 PYTHONS = ("lab", "current")
 RUN_BYTES = 8 * 2**30  # default cap on what one run may write
+# What one idea's loop asks of a Ray worker (orchestrator/batch.py): its experiments' needs.
+RESOURCES = {"num_cpus": 1.0, "num_gpus": 0.0}
+GOALS = ("max", "min")
 REQUIRED = ("name", "description", "editable_files", "run_command", "schema", "rules")
 
 
@@ -86,6 +89,8 @@ class TemplateSpec:
     network: bool = False  # agent code may open TCP connections (e.g. to stream hub data)
     shared_cache: tuple[str, Path] | None = None  # (env var, dir) the sandbox overlays
     max_run_bytes: int = RUN_BYTES  # a run directory (or one file) past this is killed
+    resources: dict[str, float] = field(default_factory=lambda: dict(RESOURCES))  # Ray's ask
+    objective: tuple[str, str] | None = None  # (key metric name, "max"|"min"): the best run
 
 
 def load_template(template_dir: Path) -> TemplateSpec:
@@ -94,13 +99,14 @@ def load_template(template_dir: Path) -> TemplateSpec:
     if not path.is_file():
         raise TemplateError(f"{path}: not found; a template directory needs a {TEMPLATE_FILE}")
     raw = read_json_object(path, TemplateError)
-    for field in REQUIRED:
-        if field not in raw:
-            raise TemplateError(f"{path}: field '{field}' is missing; add it (docs/interfaces.md)")
+    for name in REQUIRED:
+        if name not in raw:
+            raise TemplateError(f"{path}: field '{name}' is missing; add it (docs/interfaces.md)")
 
     def bad(field: str, fix: str) -> TemplateError:
         return TemplateError(f"{path}: field '{field}' {fix}")
 
+    key_metrics = _key_metrics(raw, bad)
     spec = TemplateSpec(
         root=Path(template_dir).resolve(),
         name=_typed(raw, "name", str, bad),
@@ -115,7 +121,7 @@ def load_template(template_dir: Path) -> TemplateSpec:
         baseline_run=_typed(raw, "baseline_run", str, bad, default="run_0"),
         schema=_schema(raw, bad),
         rules=_rules(raw, bad),
-        key_metrics=_key_metrics(raw, bad),
+        key_metrics=key_metrics,
         curves_file=_typed(raw, "curves_file", str, bad, default=None),
         referee=_referee(raw, bad),
         network=_network(raw, bad),
@@ -123,6 +129,8 @@ def load_template(template_dir: Path) -> TemplateSpec:
         max_run_bytes=int(
             _typed(raw.get("sandbox") or {}, "max_run_bytes", int, bad, default=RUN_BYTES)
         ),
+        resources=_resources(raw, bad),
+        objective=_objective(raw, key_metrics, bad),
     )
     if spec.python not in PYTHONS:
         raise bad("python", f"must be one of {', '.join(PYTHONS)}, not {spec.python!r}")
@@ -248,3 +256,34 @@ def _shared_cache(raw: dict, bad: Bad) -> tuple[str, Path] | None:
     ):
         raise bad("sandbox.shared_cache", 'must be {"env": "<VAR>", "default": "<dir>"}')
     return block["env"], Path(os.environ.get(block["env"]) or block["default"]).expanduser()
+
+
+def _resources(raw: dict, bad: Bad) -> dict[str, float]:
+    """What a Ray task running one idea asks for: {"num_cpus": 2, "num_gpus": 1}."""
+    block = raw.get("resources") or {}
+    if not isinstance(block, dict):
+        raise bad("resources", 'must be an object such as {"num_cpus": 2, "num_gpus": 0}')
+    for name, value in block.items():
+        if name not in RESOURCES:
+            raise bad(f"resources.{name}", f"is unknown; use {' or '.join(RESOURCES)}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise bad(f"resources.{name}", f"must be a number 0 or more, not {value!r}")
+    if block.get("num_gpus", 0) % 1:  # Ray would let two experiments share the device
+        raise bad("resources.num_gpus", "must be a whole number: a fraction shares one GPU")
+    if block.get("num_cpus", 1) <= 0:
+        raise bad("resources.num_cpus", "must be more than 0")
+    return RESOURCES | {name: float(value) for name, value in block.items()}
+
+
+def _objective(raw: dict, key_metrics: dict[str, str], bad: Bad) -> tuple[str, str] | None:
+    """{"metric": "<a key_metrics name>", "goal": "max"|"min"}: how a batch picks an idea's
+    best run (without one, its latest VALID run)."""
+    block = raw.get("objective")
+    if block is None:
+        return None
+    if not isinstance(block, dict) or block.get("goal") not in GOALS:
+        raise bad("objective", 'must be {"metric": "<key metric name>", "goal": "max"|"min"}')
+    if block.get("metric") not in key_metrics:
+        names = ", ".join(key_metrics) or "none"
+        raise bad("objective.metric", f"must name a key metric ({names})")
+    return block["metric"], block["goal"]

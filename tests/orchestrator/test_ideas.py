@@ -97,12 +97,14 @@ def test_journal_replay_skips_calls_of_unfinished_turns(tmp_path):
 
 def test_list_ideas_cli(launch_args):
     out = subprocess.run(launch_args("--list-ideas"), capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.startswith("tiny_lr ")
+    names = [line.split()[0] for line in out.stdout.splitlines()]
+    assert out.returncode == 0 and names == ["tiny_crash", "tiny_fast", "tiny_lr"]
     missing = subprocess.run(
         launch_args("--idea", "nope"), capture_output=True, text=True, timeout=60
     )
     assert missing.returncode == 2
-    assert missing.stderr.strip() == f"error: idea 'nope' not found in {IDEAS}; available: tiny_lr"
+    found = ", ".join(names)
+    assert missing.stderr.strip() == f"error: idea 'nope' not found in {IDEAS}; available: {found}"
 
 
 def test_an_unroutable_model_is_one_line(launch_args):

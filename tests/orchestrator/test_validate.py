@@ -5,6 +5,7 @@ import math
 import sys
 
 import pytest
+from conftest import TEMPLATES
 from helpers import core_result, core_spec, core_template_json, core_write_run
 
 from orchestrator.envs import SetupError
@@ -132,6 +133,9 @@ def test_load_template_reads_every_field(spec, tmp_path):
         "final_loss finite",
         "eval.score > 0.5",
     ]
+    assert spec.resources == {"num_cpus": 1.0, "num_gpus": 0.0} and spec.objective is None
+    tiny = load_template(TEMPLATES / "tiny")
+    assert tiny.objective == ("loss", "min") and tiny.resources["num_cpus"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -145,6 +149,12 @@ def test_load_template_reads_every_field(spec, tmp_path):
         ({"run_command": ["python", "experiment.py"]}, "must contain '{out_dir}'"),
         ({"timeout_seconds": "30"}, "'timeout_seconds' must be of type int or float"),
         ({"editable_files": []}, "'editable_files' must be a non-empty list"),
+        ({"resources": {"gpus": 1}}, "'resources.gpus' is unknown; use num_cpus or num_gpus"),
+        ({"resources": {"num_gpus": 0.5}}, "'resources.num_gpus' must be a whole number"),
+        ({"resources": {"num_cpus": 0}}, "'resources.num_cpus' must be more than 0"),
+        ({"resources": {"num_cpus": "2"}}, "'resources.num_cpus' must be a number 0 or more"),
+        ({"objective": {"metric": "score", "goal": "up"}}, "'objective' must be"),
+        ({"objective": {"metric": "EV", "goal": "max"}}, "'objective.metric' must name a key"),
     ],
 )
 def test_bad_template_fields_give_one_line_naming_the_field(tmp_path, overrides, message):
