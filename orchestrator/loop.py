@@ -652,7 +652,8 @@ def _facts(run_dir: Path, spec: TemplateSpec) -> str:
 
 
 def _display_command(spec: TemplateSpec, out_dir: str) -> list[str]:
-    return [p.replace("{python}", "python").replace("{out_dir}", out_dir) for p in spec.run_command]
+    shown = [p.replace("{python}", "python") for p in spec.run_command]
+    return [p.replace("{out_dir}", out_dir).replace("{profile}", spec.profile) for p in shown]
 
 
 def _commit_message(session: Session, reply: str) -> str:

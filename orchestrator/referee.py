@@ -15,8 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from orchestrator.runner import run_sandboxed
-from orchestrator.templates import TemplateSpec, resolve_python
+from orchestrator.runner import expand_command, run_sandboxed
+from orchestrator.templates import TemplateSpec
 from orchestrator.validate import get_path
 
 LOG_FILE = "referee_log.txt"
@@ -34,13 +34,13 @@ def measure(
         out_dir = Path(scratch) / "out"
         out_dir.mkdir()
         out_file = out_dir / spec.referee.result_file
-        command = [
-            part.replace("{python}", resolve_python(spec))
-            .replace("{run_dir}", str(run_dir))
-            .replace("{workspace}", str(workspace))
-            .replace("{out_file}", str(out_file))
-            for part in spec.referee.command
-        ]
+        command = expand_command(
+            spec.referee.command,
+            spec,
+            run_dir=str(run_dir),
+            workspace=str(workspace),
+            out_file=str(out_file),
+        )
         result = run_sandboxed(
             command,
             spec,

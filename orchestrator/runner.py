@@ -94,10 +94,17 @@ def scrubbed_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     }
 
 
-def expand_command(parts: list[str], spec: TemplateSpec, out_dir: str = "") -> list[str]:
-    """A template command with {python} and {out_dir} filled in."""
-    python = resolve_python(spec)
-    return [p.replace("{python}", python).replace("{out_dir}", out_dir) for p in parts]
+def expand_command(
+    parts: list[str], spec: TemplateSpec, out_dir: str = "", **more: str
+) -> list[str]:
+    """A template command with {python}, {profile}, {out_dir} and any `more` filled in."""
+    values = {"python": resolve_python(spec), "profile": spec.profile, "out_dir": out_dir} | more
+    expanded = []
+    for part in parts:
+        for name, value in values.items():
+            part = part.replace(f"{{{name}}}", value)
+        expanded.append(part)
+    return expanded
 
 
 def run_experiment(

@@ -89,6 +89,7 @@ class TemplateSpec:
     network: bool = False  # agent code may open TCP connections (e.g. to stream hub data)
     shared_cache: tuple[str, Path] | None = None  # (env var, dir) the sandbox overlays
     max_run_bytes: int = RUN_BYTES  # a run directory (or one file) past this is killed
+    profile: str = ""  # the one switch its commands share as {profile} (e.g. the lab's budget)
     resources: dict[str, float] = field(default_factory=lambda: dict(RESOURCES))  # Ray's ask
     objective: tuple[str, str] | None = None  # (key metric name, "max"|"min"): the best run
 
@@ -126,6 +127,7 @@ def load_template(template_dir: Path) -> TemplateSpec:
         referee=_referee(raw, bad),
         network=_network(raw, bad),
         shared_cache=_shared_cache(raw, bad),
+        profile=_typed(raw, "profile", str, bad, default=""),
         max_run_bytes=int(
             _typed(raw.get("sandbox") or {}, "max_run_bytes", int, bad, default=RUN_BYTES)
         ),

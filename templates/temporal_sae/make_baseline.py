@@ -6,7 +6,8 @@ default). Never hand-write run_0.
     .venvs/lab/bin/python templates/temporal_sae/make_baseline.py              # -> run_0/
     .venvs/lab/bin/python templates/temporal_sae/make_baseline.py --out_dir=/tmp/r0 --budget=tiny
 
-Extra flags go to experiment.py unchanged; --budget also picks the referee's lab profile.
+Extra flags go to experiment.py unchanged; --budget (default: template.json's "profile") picks
+the experiment's budget and the referee's lab profile together.
 Exit status 0 only when the run is valid.
 """
 
@@ -29,16 +30,13 @@ HERE = Path(__file__).resolve().parent
 console = Console()
 
 
-def baseline_spec(budget: str) -> TemplateSpec:
-    """The template's spec with the baseline floor appended to its rules and the referee
-    measuring with the lab profile of `budget`."""
+def baseline_spec(budget: str | None = None) -> TemplateSpec:
+    """The template's spec with the baseline floor appended to its rules, measured with the
+    lab profile `budget` (default: the template's "profile")."""
     spec = load_template(HERE)
     raw = json.loads((HERE / "template.json").read_text())
     floor = [Rule(**rule) for rule in raw.get("baseline_rules", [])]
-    command = list(spec.referee.command)
-    command[command.index("--profile") + 1] = budget
-    judge = dataclasses.replace(spec.referee, command=command)
-    return dataclasses.replace(spec, rules=[*spec.rules, *floor], referee=judge)
+    return dataclasses.replace(spec, rules=[*spec.rules, *floor], profile=budget or spec.profile)
 
 
 def run_experiment(out_dir: Path, extra: list[str]) -> None:
@@ -50,15 +48,15 @@ def run_experiment(out_dir: Path, extra: list[str]) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", type=Path, default=HERE / "run_0")
-    parser.add_argument("--budget", default="cpu")
+    parser.add_argument("--budget", help="lab profile (default: template.json's 'profile')")
     args, extra = parser.parse_known_args(argv)
     out_dir = args.out_dir.resolve()
+    spec = baseline_spec(args.budget)
     try:
-        run_experiment(out_dir, [f"--budget={args.budget}", *extra])
+        run_experiment(out_dir, [f"--budget={spec.profile}", *extra])
     except subprocess.CalledProcessError as error:
         console.print(f"[red]experiment.py failed with exit status {error.returncode}[/]")
         return 1
-    spec = baseline_spec(args.budget)
     problems = referee.measure(out_dir.parent, spec, out_dir.name, earlier={}, live=True)
     verdict: Verdict = validate_run(out_dir, spec)
     verdict.problems[:0] = problems

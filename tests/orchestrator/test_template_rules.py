@@ -25,7 +25,13 @@ MISSING = object()  # set_path's value that deletes the path
 
 
 def baseline(spec: TemplateSpec) -> dict:
-    return json.loads((spec.root / spec.baseline_run / spec.result_file).read_text())
+    """The committed baseline's results: what it reported, with what the referee measured
+    laid over it (as orchestrator.validate merges them)."""
+    run_dir = spec.root / spec.baseline_run
+    result = json.loads((run_dir / spec.result_file).read_text())
+    if spec.referee:
+        result |= json.loads((run_dir / spec.referee.result_file).read_text())
+    return result
 
 
 def set_path(result: dict, dotted: str, value: Any) -> dict:
