@@ -35,6 +35,9 @@ def _quiet_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No real provider key may leak into a test, and nothing is written to the real $HOME."""
     for var, _ in PROVIDER_DEFAULTS:
         monkeypatch.delenv(var, raising=False)
+    # the lab's shared cache stays where it is (a fresh HOME would rebuild it per test)
+    lab_cache = os.environ.get("SAELAB_CACHE") or str(Path.home() / ".cache" / "saelab")
+    monkeypatch.setenv("SAELAB_CACHE", lab_cache)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm must not go online
