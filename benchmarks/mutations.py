@@ -114,6 +114,14 @@ MUTATIONS = [
     Mutation("dead_never", "saelab/evals/core.py", '"frac_dead_latents": (freq == 0).double().mean().item(),', '"frac_dead_latents": (freq < 0).double().mean().item(),', "latents that never fire are counted dead", (EVALS + "test_explained_variance_is_measured_against_the_data_mean",)),
     Mutation("ce_score_formula", "saelab/evals/core.py", '"ce_loss_score": (ce_zero - ce_sae) / (ce_zero - ce_clean),', '"ce_loss_score": (ce_zero - ce_sae) / ce_zero,', "CE-loss score is 1 for a perfect SAE, 0 for ablation", (EVALS + "test_ce_and_kl_scores_are_one_for_a_perfect_sae_and_zero_for_ablation",)),
     Mutation("decoder_lookahead", "saelab/evals/temporal.py", "    pairs = ((f_clean, f_noisy), (sae.decode(f_clean), sae.decode(f_noisy)))", "    pairs = ((f_clean, f_noisy),)", "a decoder that reads ahead is non-causal", (EVALS + "test_future_mixing_sae_is_flagged",)),
+    # the referee and the sandbox (2026-12-01)
+    Mutation("no_disagreement", "orchestrator/validate.py", "problems = disagreements(result, measured, spec) if measured is not None else []", "problems = []", "a reported number the lab measured differently invalidates the run", (T + "test_referee_loop.py",)),
+    Mutation("no_copy_check", "orchestrator/referee.py", "same = [name for name, other in earlier.items() if other == digest]", "same = []", "an artifact identical to an earlier one is not new work", (T + "test_referee_loop.py",)),
+    Mutation("landlock_writes_all", "orchestrator/sandbox.py", 'rules = [(Path("/"), FS_READ)]', 'rules = [(Path("/"), FS_READ | write)]', "agent code writes only its run dir", (T + "test_sandbox.py",)),
+    Mutation("env_passthrough", "orchestrator/sandbox.py", "env = {name: source[name] for name in names if name in source}", "env = dict(source)", "agent code sees an allow-listed environment", (T + "test_sandbox.py",)),
+    Mutation("no_code_check", "orchestrator/loop.py", "if code_digest(REPO) != session.code:", "if False:", "a run measured by changed code is not VALID", (T + "test_sandbox.py",)),
+    Mutation("no_batch_purity", "saelab/referee.py", '"batch_independent": _batch_independent,', "", "the referee catches an SAE whose code mixes the batch", ("tests/lab/test_referee.py",)),
+    Mutation("unpickling_referee", "saelab/referee.py", 'os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"', "pass", "a crafted artifact runs no code in the referee", ("tests/lab/test_referee.py",)),
 ]
 # fmt: on
 

@@ -132,7 +132,9 @@ class Box:
 
     def wrap(self, command: list[str]) -> list[str]:
         """`command` run inside the sandbox (as far as this machine allows)."""
-        inner = [sys.executable, "-m", "orchestrator.sandbox", "--max-bytes", str(self.max_bytes)]
+        # this very file, isolated (-I): nothing in the run's cwd can stand in for it
+        inner = [sys.executable, "-I", str(Path(__file__).resolve()), "--max-bytes"]
+        inner.append(str(self.max_bytes))
         for path in self.writable:
             inner += ["--write", str(path)]
         if self.protections.landlock_abi < 1:

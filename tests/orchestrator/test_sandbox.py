@@ -221,3 +221,14 @@ def test_uncommitted_lab_code_is_refused_in_one_line(run_loop, reply, monkeypatc
 def _copy_tiny(directory: Path, raw: dict) -> None:
     shutil.copytree(TEMPLATES / "tiny", directory)
     (directory / "template.json").write_text(json.dumps(raw))
+
+
+def test_lab_code_changed_during_a_run_invalidates_it(run_loop, reply, monkeypatch):
+    """Whatever changed it (a sandbox gap, a colleague's edit), a run measured by other code
+    than the loop started with is not recorded as VALID."""
+    versions = iter(range(1000))
+    monkeypatch.setattr(loop, "code_digest", lambda project: f"code-{next(versions)}")
+    ws = one_run(run_loop, [attack(reply, "pass")])
+    status, _ = outcome(ws)
+    assert status == "invalid"
+    assert any("changed during the run" in p for p in entries(ws, "verdict")[0]["problems"])
