@@ -43,8 +43,7 @@ def roofline_seconds(x_BLD: torch.Tensor, d_sae: int, steps: int) -> float:
 
 def step_seconds(cfg: experiment.Config, cache, x_BLD: torch.Tensor, steps: int) -> float:
     """Seconds for `steps` real training steps (experiment.train), warm-up run excluded."""
-    torch.manual_seed(cfg.seed)
-    sae = experiment.build_sae(cfg, x_BLD.shape[-1], x_BLD.float().flatten(0, 1).mean(0))
+    sae = experiment.init_sae(cfg, cache, x_BLD.float().flatten(0, 1).mean(0))
     facts = experiment.train(sae, experiment.train_batches(cache, cfg, steps, "cpu"), steps, cfg)
     return facts["train_seconds"]
 

@@ -57,6 +57,7 @@ class Config:
     sparsity_penalty: float = 0.04  # L1 coefficient (relu), inputs at unit mean squared norm
     auxk_alpha: float = 1 / 32  # Gao et al. 2024, A.2: weight of the dead-latent loss
     dead_tokens: int = 4_096  # unfired this many tokens = dead; Gao: 10M, short runs need less
+    decoder_init: str = "random"  # "random" | "data": decoder rows start at centred tokens
     # train
     train_tokens: int = 900_000  # tokens seen in training; epochs over the cache as needed
     batch_size: int = 8  # sequences per optimizer step (x seq_len tokens)
@@ -75,6 +76,8 @@ class Config:
         if self.architecture not in ARCHITECTURES:
             known = list(ARCHITECTURES)
             raise ValueError(f"architecture {self.architecture!r} unknown: use one of {known}")
+        if self.decoder_init not in ("random", "data"):
+            raise ValueError(f"decoder_init {self.decoder_init!r} unknown: use random or data")
         if self.stability_seed == self.seed:
             raise ValueError("stability_seed must differ from seed (or be -1 to skip the twin)")
 
@@ -105,6 +108,7 @@ KNOB_GROUPS = {
         "sparsity_penalty",
         "auxk_alpha",
         "dead_tokens",
+        "decoder_init",
     ],
     "train": [
         "train_tokens",
@@ -171,6 +175,19 @@ def train_batches(cache: ActivationCache, cfg: Config, steps: int, device) -> It
             order = torch.randperm(cache.n_seq, generator=gen).to(device)
         i = step % full_batches_per_epoch * cfg.batch_size
         yield acts_NLD[order[i : i + cfg.batch_size]]
+
+
+def init_decoder_from_data(sae: SAE, cache: ActivationCache, seed: int) -> None:
+    """Decoder rows (and the tied encoder) at random centred training tokens, unit norm: each
+    latent starts on the data, not in a random direction the data never visits."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens_ND = cache.acts.flatten(0, 1)
+    rows = torch.randint(tokens_ND.shape[0], (sae.d_sae,), generator=gen)
+    W_dec_FD = tokens_ND[rows].float().to(sae.W_dec.device) * cache.norm_scale - sae.b_dec
+    W_dec_FD /= W_dec_FD.norm(dim=-1, keepdim=True)
+    with torch.no_grad():
+        sae.W_dec.copy_(W_dec_FD)
+        sae.W_enc.copy_(W_dec_FD.T)
 
 
 def data_mean(cache: ActivationCache, device) -> Tensor:
@@ -316,6 +333,15 @@ def build_sae(cfg: Config, d_in: int, b_dec_init: Tensor) -> SAE:
     return ARCHITECTURES[cfg.architecture](d_in, cfg.expansion * d_in, b_dec_init, cfg)
 
 
+def init_sae(cfg: Config, cache: ActivationCache, b_dec_init: Tensor) -> SAE:
+    """A fresh SAE for `cfg.seed`, its decoder started as cfg.decoder_init says."""
+    torch.manual_seed(cfg.seed)
+    sae = build_sae(cfg, cache.d_model, b_dec_init)
+    if cfg.decoder_init == "data":
+        init_decoder_from_data(sae, cache, cfg.seed)
+    return sae
+
+
 # ---------------------------------------------------------------------------- train
 def count_steps(cfg: Config) -> int:
     """Optimizer steps the token budget buys; the old system silently ran 0 of them."""
@@ -423,8 +449,7 @@ def train_twin(cfg: Config, cache: ActivationCache, steps: int, b_dec_init: Tens
     """The same SAE from another seed (init and batch order), in eval mode: what
     feature_stability compares the main SAE with."""
     twin_cfg = dataclasses.replace(cfg, seed=cfg.stability_seed, stability_seed=-1)
-    torch.manual_seed(twin_cfg.seed)
-    twin = build_sae(twin_cfg, b_dec_init.shape[-1], b_dec_init)
+    twin = init_sae(twin_cfg, cache, b_dec_init)
     train(twin, train_batches(cache, twin_cfg, steps, device), steps, twin_cfg)
     return twin.eval()
 
@@ -482,7 +507,7 @@ def main(argv: list[str] | None = None) -> None:
     model, train_cache, _ = load_data(cfg)  # the referee measures on the lab's own held-out split
     device = model.device
     mean = data_mean(train_cache, device)
-    sae = build_sae(cfg, model.d_model, mean)
+    sae = init_sae(cfg, train_cache, mean)
     console.print(
         f"[bold]{cfg.architecture}[/] SAE {sae.d_in} -> {sae.d_sae} on {cfg.model_name} "
         f"layer {cfg.layer}: {steps} steps x {cfg.batch_size * cfg.seq_len} tokens"

@@ -113,7 +113,7 @@ def test_init_is_tied_unit_norm_and_never_zero(ex, architecture):
     assert (sae.encode(synthetic_batches(1)[0]) > 0).any()  # latents fire from step 0
 
 
-def test_sparse_decode_equals_dense(ex):
+def test_topk_keeps_k_latents_and_decodes_them(ex):
     torch.manual_seed(0)
     sae = ex.build_sae(small_cfg(ex, architecture="topk"), 32, torch.zeros(32))
     f = sae.encode(synthetic_batches(1)[0])
