@@ -25,7 +25,12 @@ MISSING = object()  # set_path's value that deletes the path
 
 
 def baseline(spec: TemplateSpec) -> dict:
-    return json.loads((spec.root / spec.baseline_run / spec.result_file).read_text())
+    """The baseline's result merged with what the referee measured (as validate.py merges
+    them), so every rule's path is there."""
+    run_dir = spec.root / spec.baseline_run
+    measured = run_dir / spec.referee.result_file if spec.referee else None
+    merged = json.loads(measured.read_text()) if measured and measured.is_file() else {}
+    return {**merged, **json.loads((run_dir / spec.result_file).read_text())}
 
 
 def set_path(result: dict, dotted: str, value: Any) -> dict:
@@ -97,6 +102,7 @@ FAILURE_MODES = [
     ("training_steps", 0, "no optimizer step ran"),
     ("tokens_seen", 1000, "a token budget too small to train"),
     ("final_loss", math.inf, "training diverged"),
+    ("decoder_init_cosine", 0.98, "latents left at their random init (issue 11's old run_0)"),
     ("explained_variance", -0.2, "worse than the mean activation"),
     ("explained_variance", 0.3, "misses most of the residual stream"),
     ("l0", 0.0, "no latent fires"),
