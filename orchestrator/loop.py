@@ -38,7 +38,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from rich import get_console
 from rich.panel import Panel
 
-from orchestrator import llm, referee, sandbox
+from orchestrator import llm, noise, referee, sandbox
 from orchestrator.envs import ENV_SECONDS, STARTED_AT, SetupError
 from orchestrator.ideas import IDEAS_DIR, Idea, load_idea
 from orchestrator.journal import Journal
@@ -614,7 +614,7 @@ def _after_run_prompt(session: Session, name: str, verdict: Verdict) -> str:
         "after_run.j2",
         run_name=name,
         result_file=session.spec.result_file,
-        metrics=verdict.metrics,
+        metrics=noise.against_baseline(session.ws.root, session.spec, verdict.metrics),
         facts=_facts(session.ws.root / name, session.spec),
         notes_file="notes.txt" if "notes.txt" in session.spec.editable_files else None,
         next_run=session.run_name if left > 0 else None,

@@ -22,6 +22,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from matplotlib.figure import Figure
 from rich.table import Table
 
+from orchestrator import noise
 from orchestrator.journal import Journal
 from orchestrator.runner import expand_command, run_sandboxed
 from orchestrator.templates import TemplateSpec
@@ -201,8 +202,9 @@ def write_notes(
     own notes.txt, if it wrote one, is kept as the last section."""
     path = Path(workspace) / NOTES_FILE
     tokens, cost = llm_usage(journal)
-    template = _NOTES
-    text = template.render(
+    runs = collect_runs(workspace, spec, journal)
+    bands = noise.load_bands(workspace, spec)
+    text = _NOTES.render(
         mark=GENERATED_MARK,
         title=idea.get("Title") or idea.get("Name") or spec.name,
         description=idea.get("Experiment") or idea.get("Description") or "",
@@ -210,7 +212,10 @@ def write_notes(
         template=spec.name,
         result_file=spec.result_file,
         measured_file=spec.referee.result_file if spec.referee else None,
-        runs=collect_runs(workspace, spec, journal),
+        runs=runs,
+        table=metrics_table(runs, list(spec.key_metrics), bands),
+        n_seeds=max((band.n_seeds for band in bands.values()), default=0),
+        factor=noise.NOISE_FACTOR,
         calls=len(journal.entries("llm_call")),
         tokens=tokens,
         cost=cost,
@@ -282,6 +287,35 @@ def summary_table(runs: list[RunRecord], tokens: int, cost: float, wall_seconds:
     for name in names:
         table.add_row(name, *(_short_number(run.metrics.get(name)) for run in runs))
     return table
+
+
+def metrics_table(runs: list[RunRecord], names: list[str], bands: dict[str, noise.Band]) -> str:
+    """Key metrics (rows) x runs (columns), 4 significant digits: the baseline (first run) with
+    its seed spread, every other run with its difference from the baseline and the noise mark."""
+    if not runs or not names:
+        return "(no key metrics)"
+    base = runs[0]
+    header = [""] + [run.name + (f" #{run.attempt}" if run.attempt else "") for run in runs]
+    rows = [header, [""] + [run.label for run in runs]]
+    for name in names:
+        band = bands.get(name)
+        spread = f" ±{band.spread:.2g}" if band else ""
+        cells = [_short_number(base.metrics.get(name)) + spread]
+        for run in runs[1:]:
+            value = run.metrics.get(name)
+            diff = noise.difference(value, base.metrics.get(name), band)
+            cells.append(_short_number(value) + (f" ({diff})" if diff else ""))
+        reported = any(run.sources.get(name) == "reported" for run in runs)
+        rows.append([name + (" (reported by the experiment)" if reported else ""), *cells])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+    return "\n".join(lines)
 
 
 def _short_number(value: Any) -> str:
@@ -389,15 +423,19 @@ def _fallback_plots(workspace: Path, spec: TemplateSpec, runs: list[RunRecord]) 
     out.mkdir(exist_ok=True)
     paths = []
     if spec.key_metrics:
-        paths.append(_metric_bars(runs, list(spec.key_metrics), out / "key_metrics.png"))
+        bands = noise.load_bands(workspace, spec)
+        paths.append(_metric_bars(runs, list(spec.key_metrics), out / "key_metrics.png", bands))
     curves = _curves(workspace, spec, runs)
     if curves:
         paths.append(_loss_curves(curves, out / "loss_curves.png"))
     return paths
 
 
-def _metric_bars(runs: list[RunRecord], names: list[str], path: Path) -> Path:
-    """One bar chart per key metric across runs; invalid runs grey and hatched."""
+def _metric_bars(
+    runs: list[RunRecord], names: list[str], path: Path, bands: dict[str, noise.Band]
+) -> Path:
+    """One bar chart per key metric across runs; invalid runs grey and hatched; the band of
+    seed noise around the baseline (first run) shaded."""
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig = Figure(figsize=(4.5 * cols, 3.2 * rows), layout="constrained")
@@ -411,9 +449,16 @@ def _metric_bars(runs: list[RunRecord], names: list[str], path: Path) -> Path:
         )
         for bar, run in zip(bars, shown, strict=True):
             bar.set_hatch("" if run.status == "ok" else "//")
+        base, band = runs[0].metrics.get(name) if runs else None, bands.get(name)
+        if band and _plottable(base):
+            half = noise.NOISE_FACTOR * band.spread
+            ax.axhspan(base - half, base + half, color="tab:orange", alpha=0.25, zorder=3)
         ax.set_title(name)
         ax.tick_params(axis="x", labelrotation=30)
-    fig.suptitle("Key metrics per run (grey, hatched: failed validation)")
+    fig.suptitle(
+        "Key metrics per run (grey, hatched: failed validation; orange: baseline "
+        f"± {noise.NOISE_FACTOR:g} seed spreads, within seed noise)"
+    )
     fig.savefig(path, dpi=110)
     return path
 

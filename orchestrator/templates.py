@@ -86,6 +86,7 @@ class TemplateSpec:
     key_metrics: dict[str, str]
     curves_file: str | None
     referee: RefereeSpec | None = None
+    noise: str | None = None  # the baseline's seed-noise band, relative to the workspace
     network: bool = False  # agent code may open TCP connections (e.g. to stream hub data)
     shared_cache: tuple[str, Path] | None = None  # (env var, dir) the sandbox overlays
     max_run_bytes: int = RUN_BYTES  # a run directory (or one file) past this is killed
@@ -125,6 +126,7 @@ def load_template(template_dir: Path) -> TemplateSpec:
         key_metrics=key_metrics,
         curves_file=_typed(raw, "curves_file", str, bad, default=None),
         referee=_referee(raw, bad),
+        noise=_typed(raw, "noise", str, bad, default=None),
         network=_network(raw, bad),
         shared_cache=_shared_cache(raw, bad),
         profile=_typed(raw, "profile", str, bad, default=""),

@@ -96,7 +96,9 @@ def validate_result(
     problems += [p for path, kind in spec.schema.items() if (p := _check_type(merged, path, kind))]
     problems += [p for rule in spec.rules if (p := _check_rule(merged, rule))]
     metrics = {name: _lookup(merged, path) for name, path in spec.key_metrics.items()}
+    # without a referee nothing is measured, so nothing is marked either way
     source = {name: _source(path, measured) for name, path in spec.key_metrics.items()}
+    source = source if measured is not None else {}
     return Verdict(ok=not problems, problems=problems, metrics=metrics, sources=source)
 
 

@@ -2,7 +2,10 @@
 
     python plot.py          # writes plots/loss_curves.png, key_metrics.png, frontier.png
 
-Metric paths come from template.json (key_metrics); runs without a value are left out.
+Metric paths come from template.json (key_metrics); runs without a value are left out. Each
+run's numbers are its final_info.json and the referee's referee.json. The baseline's seed-noise
+band (template.json "noise", written by make_baseline.py) is shaded around run_0: a run inside
+it differs from the baseline by less than 2 seed spreads, which a different seed alone gives.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 LABELS: dict[str, str] = {}  # run dir -> legend label, e.g. {"run_0": "baseline"}
 OUT = Path("plots")  # the only place the plot command may write (it runs sandboxed)
+NOISE_FACTOR = 2  # as orchestrator/noise.py: within 2 spreads = within seed noise
 EV_PATH = "core.eval_result_metrics.reconstruction_quality.explained_variance"
 L0_PATH = "core.eval_result_metrics.sparsity.l0"
 
@@ -55,6 +59,21 @@ def load_runs() -> dict[str, dict]:
     return runs
 
 
+def load_spreads(noise_file: str | None) -> dict[str, float]:
+    """Dotted metric path -> the baseline's spread over its seeds; empty without a band."""
+    path = Path(noise_file) if noise_file else None
+    if path is None or not path.exists():
+        return {}
+    return {p: band["spread"] for p, band in json.loads(path.read_text())["metrics"].items()}
+
+
+def shade_band(ax, base: float | None, spread: float | None) -> None:
+    """The baseline +- 2 seed spreads across a bar chart."""
+    if base is not None and spread:
+        half = NOISE_FACTOR * spread
+        ax.axhspan(base - half, base + half, color="tab:orange", alpha=0.25, zorder=3)
+
+
 def run_number(run_dir: Path) -> int:
     suffix = run_dir.name.removeprefix("run_")
     return int(suffix) if suffix.isdigit() else 10**6
@@ -79,7 +98,9 @@ def plot_loss_curves(runs: dict[str, dict], curves_file: str) -> None:
     plt.close(fig)
 
 
-def plot_key_metrics(runs: dict[str, dict], key_metrics: dict[str, str]) -> None:
+def plot_key_metrics(
+    runs: dict[str, dict], key_metrics: dict[str, str], spreads: dict[str, float]
+) -> None:
     n_cols = min(3, len(key_metrics))
     n_rows = math.ceil(len(key_metrics) / n_cols)
     fig, axes = plt.subplots(
@@ -90,18 +111,27 @@ def plot_key_metrics(runs: dict[str, dict], key_metrics: dict[str, str]) -> None
         present = {run: value for run, value in values.items() if value is not None}
         bars = ax.bar(list(present), list(present.values()), color="tab:blue")
         ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        shade_band(ax, lookup(runs.get("run_0", {}), dotted), spreads.get(dotted))
         ax.set_title(name)
         ax.tick_params(axis="x", rotation=30)
     for ax in list(axes.flat)[len(key_metrics) :]:
         ax.axis("off")
-    fig.suptitle("Key metrics per run")  # constrained layout leaves room for it
+    # constrained layout leaves room for the title
+    fig.suptitle("Key metrics per run (orange: run_0 +- 2 seed spreads, within seed noise)")
     fig.savefig(OUT / "key_metrics.png", dpi=150)
     plt.close(fig)
 
 
-def plot_frontier(runs: dict[str, dict]) -> None:
+def plot_frontier(runs: dict[str, dict], spreads: dict[str, float]) -> None:
     """Sparsity vs reconstruction: better SAEs sit up and to the left."""
     fig, ax = plt.subplots(figsize=(6, 5))
+    base = runs.get("run_0", {})
+    l0, ev = lookup(base, L0_PATH), lookup(base, EV_PATH)
+    if l0 is not None and ev is not None and (L0_PATH in spreads or EV_PATH in spreads):
+        dx, dy = (NOISE_FACTOR * spreads.get(p, 0.0) for p in (L0_PATH, EV_PATH))
+        band = plt.Rectangle((l0 - dx, ev - dy), 2 * dx, 2 * dy, color="tab:orange", alpha=0.25)
+        ax.add_patch(band)
+        band.set_label("run_0 +- 2 seed spreads")
     for run, info in runs.items():
         l0, ev = lookup(info, L0_PATH), lookup(info, EV_PATH)
         if l0 is not None and ev is not None:
@@ -122,8 +152,9 @@ def main() -> None:
         raise SystemExit(f"no run_*/final_info.json under {Path.cwd()}")
     OUT.mkdir(exist_ok=True)
     plot_loss_curves(runs, meta.get("curves_file", "loss_curve.json"))
-    plot_key_metrics(runs, meta["key_metrics"])
-    plot_frontier(runs)
+    spreads = load_spreads(meta.get("noise"))
+    plot_key_metrics(runs, meta["key_metrics"], spreads)
+    plot_frontier(runs, spreads)
     print(f"plotted {len(runs)} runs into {OUT}/: loss_curves.png, key_metrics.png, frontier.png")
 
 

@@ -113,7 +113,7 @@ def test_init_is_tied_unit_norm_and_never_zero(ex, architecture):
     assert (sae.encode(synthetic_batches(1)[0]) > 0).any()  # latents fire from step 0
 
 
-def test_sparse_decode_equals_dense(ex):
+def test_topk_keeps_k_latents_and_decodes_them(ex):
     torch.manual_seed(0)
     sae = ex.build_sae(small_cfg(ex, architecture="topk"), 32, torch.zeros(32))
     f = sae.encode(synthetic_batches(1)[0])
@@ -321,10 +321,17 @@ def test_plot_writes_readable_pngs(tiny_run, tmp_path, monkeypatch):
     spec.loader.exec_module(plot)
     for run in ("run_0", "run_1"):
         shutil.copytree(tiny_run, tmp_path / run)
+    noise = {"seeds": [0, 1, 2], "metrics": {plot.EV_PATH: {"mean": 0.8, "spread": 0.01}}}
+    (tmp_path / "run_0" / "noise.json").write_text(json.dumps(noise))  # template.json's "noise"
     monkeypatch.chdir(tmp_path)
     plot.main()
     for name in ("loss_curves.png", "key_metrics.png", "frontier.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 10_000, name
+    assert plot.load_spreads("run_0/noise.json") == {plot.EV_PATH: 0.01}
+    fig, ax = plot.plt.subplots()
+    plot.shade_band(ax, 0.9, 0.01)  # run_0 +- 2 seed spreads
+    assert ax.patches[0].get_y() == pytest.approx(0.88)
+    assert ax.patches[0].get_height() == pytest.approx(0.04)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from orchestrator import sandbox
 from orchestrator.journal import Journal
+from orchestrator.noise import Band, compared, load_bands, write_noise
 from orchestrator.report import (
     AGENT_NOTES_HEADING,
     GENERATED_MARK,
@@ -103,17 +104,25 @@ def test_notes_numbers_equal_final_info_numbers_and_warn_on_false_claims(workspa
     sections = dict(
         re.findall(r"^## (run_\d(?: \(attempt 2\))?).*?\n(.*?)(?=^## |\Z)", notes, re.M | re.S)
     )
-    for name in ("run_0", "run_1", "run_2 (attempt 2)"):
-        recorded = json.loads((workspace / name[:5] / "final_info.json").read_text())
-        shown = dict(re.findall(r"^  (steps|loss|score): (\S+)", sections[name], re.M))
-        assert float(shown["loss"]) == recorded["final_loss"]
-        assert float(shown["score"]) == recorded["eval"]["score"]
-        assert int(shown["steps"]) == recorded["training_steps"]
+    table = _table(notes)
+    base = json.loads((workspace / "run_0" / "final_info.json").read_text())
+    for column, name in ((0, "run_0"), (1, "run_1"), (3, "run_2")):  # 2: run_2's first attempt
+        recorded = json.loads((workspace / name / "final_info.json").read_text())
+        for metric, value, base_value in (
+            ("loss", recorded["final_loss"], base["final_loss"]),
+            ("score", recorded["eval"]["score"], base["eval"]["score"]),
+            ("steps", recorded["training_steps"], base["training_steps"]),
+        ):
+            shown, _, diff = table[metric][column].partition(" ")
+            assert float(shown) == pytest.approx(value, rel=1e-3)  # 4 significant digits
+            if column:  # the difference from run_0, unmarked: this template has no band
+                assert float(diff.strip("()")) == pytest.approx(value - base_value, rel=1e-3)
+    assert table["score"][2] == "missing" and "seed-noise band" in notes
 
     assert "## run_1 (attempt 1): VALID" in notes
     assert "## run_2 (attempt 2): INVALID" in notes
     assert "## run_2 (attempt 1): CRASHED" in notes
-    assert "as judged when this attempt ran" in notes and "  score: missing" in notes
+    assert "as validated when this attempt ran" in notes
     assert notes.count("WARNING: the agent's analysis below claims success") == 2
     assert "## run_3 (attempt 1): TIMEOUT" in notes and "this run is TIMEOUT" in notes
     warned = sections["run_2 (attempt 2)"]
@@ -127,8 +136,54 @@ def test_notes_without_banner_or_runs(tmp_path):
     core_write_run(ws, "run_0", core_result(final_loss=math.nan))
     notes = write_notes(ws, _spec(tmp_path), Journal(ws / "journal.jsonl"), IDEA).read_text()
     assert notes.startswith(GENERATED_MARK + "\n# Toy idea")
-    assert "## run_0: INVALID" in notes and "loss: nan" in notes
+    assert "## run_0: INVALID" in notes and _table(notes)["loss"] == ["nan"]
     assert "final_loss = nan violates 'final_loss finite'" in notes
+
+
+def test_notes_mark_each_difference_against_the_baselines_seed_band(workspace, tmp_path):
+    # run_1 vs run_0: loss -0.0025 under 2 x 0.01 (within), score +0.037 over 2 x 0.001 (beyond)
+    write_noise(
+        workspace / "run_0" / "noise.json",
+        [0, 1, 2],
+        [
+            {"final_loss": 0.02, "eval.score": 0.873},
+            {"final_loss": 0.03, "eval.score": 0.874},
+            {"final_loss": 0.01, "eval.score": 0.872},
+        ],
+    )
+    spec = _spec(tmp_path, noise="run_0/noise.json")
+    notes = write_notes(workspace, spec, Journal(workspace / "journal.jsonl"), IDEA).read_text()
+    table = _table(notes)
+    assert table["loss"][0] == "0.01235 ±0.01" and table["score"][0] == "0.8731 ±0.001"
+    assert table["loss"][1] == "0.009877 (-0.002469 ~)"
+    assert table["score"][1] == "0.91 (+0.0369 !)"
+    assert table["steps"][1] == "120 (+0)"  # no band for steps: a difference, no mark
+    assert "over 3\nseeds" in notes or "over 3 seeds" in notes
+
+
+def test_a_missing_or_broken_noise_file_means_no_band(tmp_path, caplog):
+    spec = _spec(tmp_path, noise="run_0/noise.json")
+    assert load_bands(tmp_path, spec) == {} and "make baseline writes it" in caplog.text
+    (tmp_path / "run_0").mkdir()
+    (tmp_path / "run_0" / "noise.json").write_text('{"metrics": {}}')
+    assert load_bands(tmp_path, spec) == {} and "malformed" in caplog.text
+
+
+def test_a_prompt_line_says_whether_a_difference_is_beyond_seed_noise():
+    band = Band(mean=0.5, spread=0.01, n_seeds=3)
+    assert compared(0.53, 0.5, band, "run_0") == (
+        "0.53 (run_0 0.5, difference +0.03; beyond seed noise: seed spread 0.01 over 3 seeds)"
+    )
+    assert "within seed noise" in compared(0.515, 0.5, band, "run_0")
+    assert compared(0.515, 0.5, None, "run_0") == "0.515 (run_0 0.5, difference +0.015)"
+    assert compared(None, 0.5, band, "run_0") == "missing"
+
+
+def _table(notes: str) -> dict[str, list[str]]:
+    """notes.txt's key-metrics table: metric -> one cell per run column."""
+    block = notes.split("## Key metrics")[1].split("\n\n")[1]
+    rows = [re.split(r"\s{2,}", line.strip()) for line in block.splitlines()]
+    return {row[0]: row[1:] for row in rows[2:]}  # after the run names and the verdicts
 
 
 def test_the_agents_own_notes_file_is_kept_across_regenerations(workspace, tmp_path):

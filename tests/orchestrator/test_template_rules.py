@@ -103,6 +103,7 @@ FAILURE_MODES = [
     ("training_steps", 0, "no optimizer step ran"),
     ("tokens_seen", 1000, "a token budget too small to train"),
     ("final_loss", math.inf, "training diverged"),
+    ("decoder_init_cosine", 0.98, "latents left at their random init (issue 11's old run_0)"),
     ("explained_variance", -0.2, "worse than the mean activation"),
     ("explained_variance", 0.3, "misses most of the residual stream"),
     ("l0", 0.0, "no latent fires"),
