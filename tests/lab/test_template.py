@@ -199,7 +199,9 @@ def test_tiny_run_trains_and_passes_the_template_rules(tiny_run):
     info = json.loads((tiny_run / "final_info.json").read_text())
     curve = json.loads((tiny_run / "loss_curve.json").read_text())
     assert info["training_steps"] > 0 and info["tokens_seen"] > 0
-    assert curve["loss"][-1] < curve["loss"][0]
+    # step 1's loss is pure reconstruction (no latent is dead yet, so no AuxK term); the loss
+    # curve then jumps by the AuxK term, so compare reconstruction with reconstruction
+    assert info["final_mse"] < 0.5 * curve["loss"][0]
     assert curve["step"][-1] == info["training_steps"]
     assert not set(EVALS) & set(info), "the experiment no longer evaluates: the referee does"
     verdict = validate_run(tiny_run, load_template(TEMPLATE))

@@ -34,7 +34,8 @@ def test_an_honest_run_is_measured_and_valid(run_loop, reply):
     assert judged["metrics"]["R2"] == measured_r2(ws)
     assert judged["sources"] == {"loss": "reported", "R2": "measured"}
     assert judged["artifact"] and judged["files"]["referee.json"]
-    assert "R2: " in (ws / "notes.txt").read_text()
+    table = (ws / "notes.txt").read_text().partition("## Key metrics")[2]
+    assert f"{judged['metrics']['R2']:.4g}" in table  # notes show the measured number
 
 
 def test_an_untrained_run_claiming_a_good_score_is_invalid_with_both_numbers(run_loop, reply):
