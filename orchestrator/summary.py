@@ -8,7 +8,6 @@ is printed with rich and written as summary.md, with one bar chart per template 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.journal import Journal
+from orchestrator.noise import NOISE_FACTOR, load_bands
 from orchestrator.report import llm_usage
 from orchestrator.templates import TemplateSpec, load_template
 from orchestrator.validate import REPORTED, validate_run
@@ -29,10 +29,6 @@ from orchestrator.workspace import JOURNAL
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.md"
-# The baseline's seed-noise band, when its run directory has one (issue 11):
-# {"<key metric name>": {"mean": m, "spread": s}, ...}
-NOISE_FILE = "seed_noise.json"
-NOISE_SPREADS = 2  # a difference from the baseline under twice its seed spread is noise
 
 
 @dataclass
@@ -92,7 +88,7 @@ def summarize(idea: str, template: str, workspace: Path | None, error: str = "")
         metrics=dict(verdict["metrics"]) if verdict else {},
         sources=dict(verdict.get("sources") or {}) if verdict else {},
         baseline=baseline.metrics,
-        noise=_noise(Path(workspace) / spec.baseline_run),
+        noise={name: band.spread for name, band in load_bands(workspace, spec).items()},
         valid=sum(e.get("status") == "ok" for e in done),
         failed=sum(e.get("status") != "ok" for e in done),
         tokens=tokens,
@@ -110,22 +106,6 @@ def _best(valid: list[dict], spec: TemplateSpec) -> dict | None:
     if not scored:
         return valid[-1] if valid else None
     return (max if goal == "max" else min)(scored, key=lambda v: v["metrics"][name])
-
-
-def _noise(run_dir: Path) -> dict[str, float]:
-    path = run_dir / NOISE_FILE
-    if not path.is_file():
-        return {}
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        log.warning("%s is unreadable (%s); no seed-noise band shown", path, err)
-        return {}
-    return {
-        name: float(band["spread"])
-        for name, band in raw.items()
-        if isinstance(band, dict) and _is_number(band.get("spread"))
-    }
 
 
 # ---- the table --------------------------------------------------------------------------------
@@ -164,7 +144,7 @@ def _cell(summary: IdeaSummary, name: str) -> str:
         diff = value - base
         text += f" ({diff:+.3g})"
         spread = summary.noise.get(name)
-        if spread is not None and abs(diff) < NOISE_SPREADS * spread:
+        if spread is not None and abs(diff) < NOISE_FACTOR * spread:
             text += " ~"
     if summary.sources.get(name) == REPORTED:
         text += " (reported)"
@@ -246,7 +226,7 @@ def plot(results_dir: Path, template: str, group: list[IdeaSummary]) -> Path | N
         base, spread = first.baseline[name], first.noise.get(name)
         ax.axhline(base, color="black", linewidth=1, label="baseline")
         if spread is not None:
-            low, high = base - NOISE_SPREADS * spread, base + NOISE_SPREADS * spread
+            low, high = base - NOISE_FACTOR * spread, base + NOISE_FACTOR * spread
             ax.axhspan(low, high, color="grey", alpha=0.25, label="seed noise")
         ax.set_title(name)
         ax.tick_params(axis="x", labelrotation=30)
