@@ -77,9 +77,14 @@ def test_saelens_loads_our_layout_and_matches(architecture, compared):
     # the same latents fire, with the same values, and the same reconstruction: float32 sums
     # in another order (our sparse decode, SAELens's dense one) on residuals whose outlier
     # dimensions reach thousands, so the tolerance scales with the largest value
-    assert torch.equal(theirs["latents"] != 0, ours["latents"] != 0)
+    # (a ReLU latent whose pre-activation is within that rounding of 0 may fire in one only)
+    tiny = 1e-5 * ours["latents"].abs().max().item()
+    differ = (theirs["latents"] != 0) != (ours["latents"] != 0)
+    assert differ.float().mean() < 1e-4
+    assert (ours["latents"][differ].abs() <= tiny).all()
+    assert (theirs["latents"][differ].abs() <= tiny).all()
     for name in ("latents", "recon"):
-        atol = 1e-6 * ours[name].abs().max().item()
+        atol = 1e-5 * ours[name].abs().max().item()  # our encoder folds b_dec into its bias
         torch.testing.assert_close(theirs[name], ours[name], rtol=1e-5, atol=atol)
     # a comparison that can fail: sparse where the architecture is, ReLU cut by its threshold
     l0 = (ours["latents"] != 0).sum(-1).float().mean().item()
