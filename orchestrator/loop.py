@@ -652,8 +652,7 @@ def _facts(run_dir: Path, spec: TemplateSpec) -> str:
 
 
 def _display_command(spec: TemplateSpec, out_dir: str) -> list[str]:
-    shown = [p.replace("{python}", "python") for p in spec.run_command]
-    return [p.replace("{out_dir}", out_dir).replace("{profile}", spec.profile) for p in shown]
+    return expand_command(spec.run_command, spec, out_dir, python="python")
 
 
 def _commit_message(session: Session, reply: str) -> str:

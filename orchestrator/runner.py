@@ -97,8 +97,11 @@ def scrubbed_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 def expand_command(
     parts: list[str], spec: TemplateSpec, out_dir: str = "", **more: str
 ) -> list[str]:
-    """A template command with {python}, {profile}, {out_dir} and any `more` filled in."""
-    values = {"python": resolve_python(spec), "profile": spec.profile, "out_dir": out_dir} | more
+    """A template command with {python}, {profile}, {out_dir} and any `more` filled in
+    (`python=` in `more` shows the command without resolving the interpreter)."""
+    values = {"profile": spec.profile, "out_dir": out_dir} | more
+    if "python" not in values:
+        values["python"] = resolve_python(spec)
     expanded = []
     for part in parts:
         for name, value in values.items():
