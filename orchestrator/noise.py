@@ -48,7 +48,7 @@ def band_record(values: list[float]) -> dict[str, Any]:
 
 def write_noise(path: Path, seeds: list[int], per_seed: list[dict[str, Any]]) -> dict:
     """Write the noise file from each seed's {dotted path: value}; non-numbers are skipped."""
-    paths = [p for p in per_seed[0] if all(_number(run.get(p)) for run in per_seed)]
+    paths = [p for p in per_seed[0] if all(is_number(run.get(p)) for run in per_seed)]
     data = {
         "seeds": seeds,
         "metrics": {p: band_record([float(run[p]) for run in per_seed]) for p in paths},
@@ -80,17 +80,29 @@ def load_bands(workspace: Path, spec: TemplateSpec) -> dict[str, Band]:
 
 def difference(value: Any, baseline: Any, band: Band | None) -> str:
     """'+0.0012 ~' (within noise), '-0.031 !' (beyond it), '+0.0012' (no band), '' (no number)."""
-    if not (_number(value) and _number(baseline)):
+    if not (is_number(value) and is_number(baseline)):
         return ""
     delta = float(value) - float(baseline)
     mark = "" if band is None else f" {WITHIN if band.within(delta) else BEYOND}"
     return f"{delta:+.4g}{mark}"
 
 
+def cell(value: Any, baseline: Any, band: Band | None) -> str:
+    """A run's table cell: '0.9312 (+0.0012 ~)', or the value alone when there is nothing to
+    compare."""
+    diff = difference(value, baseline, band)
+    return short(value) + (f" ({diff})" if diff else "")
+
+
+def baseline_cell(value: Any, band: Band | None) -> str:
+    """The baseline's table cell: '0.93 ±0.0005' (its seed spread), or the value alone."""
+    return short(value) + (f" ±{band.spread:.2g}" if band else "")
+
+
 def compared(value: Any, baseline: Any, band: Band | None, baseline_run: str) -> str:
     """One metric for a prompt: value, difference from the baseline, and what the band says."""
     shown = short(value)
-    if not (_number(value) and _number(baseline)):
+    if not (is_number(value) and is_number(baseline)):
         return shown
     delta = float(value) - float(baseline)
     text = f"{shown} ({baseline_run} {short(baseline)}, difference {delta:+.4g}"
@@ -117,5 +129,5 @@ def short(value: Any) -> str:
     return "missing" if value is None else json.dumps(value, default=str)
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

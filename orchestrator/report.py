@@ -285,7 +285,7 @@ def summary_table(runs: list[RunRecord], tokens: int, cost: float, wall_seconds:
     table.add_row("verdict", *verdicts)
     table.add_row("seconds", *("" if r.seconds is None else f"{r.seconds:.0f}" for r in runs))
     for name in names:
-        table.add_row(name, *(_short_number(run.metrics.get(name)) for run in runs))
+        table.add_row(name, *(noise.short(run.metrics.get(name)) for run in runs))
     return table
 
 
@@ -298,13 +298,9 @@ def metrics_table(runs: list[RunRecord], names: list[str], bands: dict[str, nois
     header = [""] + [run.name + (f" #{run.attempt}" if run.attempt else "") for run in runs]
     rows = [header, [""] + [run.label for run in runs]]
     for name in names:
-        band = bands.get(name)
-        spread = f" ±{band.spread:.2g}" if band else ""
-        cells = [_short_number(base.metrics.get(name)) + spread]
-        for run in runs[1:]:
-            value = run.metrics.get(name)
-            diff = noise.difference(value, base.metrics.get(name), band)
-            cells.append(_short_number(value) + (f" ({diff})" if diff else ""))
+        band, baseline = bands.get(name), base.metrics.get(name)
+        cells = [noise.baseline_cell(baseline, band)]
+        cells += [noise.cell(run.metrics.get(name), baseline, band) for run in runs[1:]]
         reported = any(run.sources.get(name) == "reported" for run in runs)
         rows.append([name + (" (reported by the experiment)" if reported else ""), *cells])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -316,12 +312,6 @@ def metrics_table(runs: list[RunRecord], names: list[str], bands: dict[str, nois
         for row in rows
     ]
     return "\n".join(lines)
-
-
-def _short_number(value: Any) -> str:
-    if isinstance(value, float) and math.isfinite(value):
-        return f"{value:.4g}"
-    return format_number(value)
 
 
 def phase_table(phases: dict[str, float]) -> Table:

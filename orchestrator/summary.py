@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator import noise
 from orchestrator.journal import Journal
-from orchestrator.noise import NOISE_FACTOR, load_bands
 from orchestrator.report import llm_usage
 from orchestrator.templates import TemplateSpec, load_template
 from orchestrator.validate import REPORTED, validate_run
@@ -41,7 +41,7 @@ class IdeaSummary:
     metrics: dict[str, Any] = field(default_factory=dict)  # its key metrics, from its verdict
     sources: dict[str, str] = field(default_factory=dict)  # key metric -> measured | reported
     baseline: dict[str, Any] = field(default_factory=dict)
-    noise: dict[str, float] = field(default_factory=dict)  # key metric -> baseline seed spread
+    bands: dict[str, noise.Band] = field(default_factory=dict)  # the baseline's seed noise
     valid: int = 0
     failed: int = 0  # attempts that crashed, timed out or failed validation
     tokens: int = 0
@@ -88,7 +88,7 @@ def summarize(idea: str, template: str, workspace: Path | None, error: str = "")
         metrics=dict(verdict["metrics"]) if verdict else {},
         sources=dict(verdict.get("sources") or {}) if verdict else {},
         baseline=baseline.metrics,
-        noise={name: band.spread for name, band in load_bands(workspace, spec).items()},
+        bands=noise.load_bands(workspace, spec),
         valid=sum(e.get("status") == "ok" for e in done),
         failed=sum(e.get("status") != "ok" for e in done),
         tokens=tokens,
@@ -102,7 +102,7 @@ def _best(valid: list[dict], spec: TemplateSpec) -> dict | None:
     if spec.objective is None:
         return valid[-1] if valid else None
     name, goal = spec.objective
-    scored = [v for v in valid if _is_number(v["metrics"].get(name))]
+    scored = [v for v in valid if noise.is_number(v["metrics"].get(name))]
     if not scored:
         return valid[-1] if valid else None
     return (max if goal == "max" else min)(scored, key=lambda v: v["metrics"][name])
@@ -121,9 +121,8 @@ def rows(group: list[IdeaSummary]) -> tuple[list[str], list[list[str]]]:
         ["best VALID run", "run_0", *(s.best or "none" for s in group)],
     ]
     for name in names:
-        base, spread = first.baseline.get(name), first.noise.get(name)
-        band = f" ± {spread:.2g}" if spread is not None else ""
-        table.append([name, _short(base) + band, *(_cell(s, name) for s in group)])
+        base = noise.baseline_cell(first.baseline.get(name), first.bands.get(name))
+        table.append([name, base, *(_cell(s, name) for s in group)])
     table += [
         ["runs valid / failed", "", *(f"{s.valid} / {s.failed}" for s in group)],
         ["LLM tokens", "", *(f"{s.tokens:,}" for s in group)],
@@ -134,21 +133,13 @@ def rows(group: list[IdeaSummary]) -> tuple[list[str], list[list[str]]]:
 
 
 def _cell(summary: IdeaSummary, name: str) -> str:
-    """The best run's value, its difference from the baseline, '~' within seed noise and
+    """The best run's value, its difference from the baseline with the noise mark, and
     '(reported)' where the referee did not measure it."""
     if summary.best is None:
         return ""
-    value, base = summary.metrics.get(name), summary.baseline.get(name)
-    text = _short(value)
-    if _is_number(value) and _is_number(base):
-        diff = value - base
-        text += f" ({diff:+.3g})"
-        spread = summary.noise.get(name)
-        if spread is not None and abs(diff) < NOISE_FACTOR * spread:
-            text += " ~"
-    if summary.sources.get(name) == REPORTED:
-        text += " (reported)"
-    return text
+    band = summary.bands.get(name)
+    text = noise.cell(summary.metrics.get(name), summary.baseline.get(name), band)
+    return text + (" (reported)" if summary.sources.get(name) == REPORTED else "")
 
 
 def groups(summaries: list[IdeaSummary]) -> dict[str, list[IdeaSummary]]:
@@ -185,7 +176,7 @@ def markdown(summaries: list[IdeaSummary]) -> str:
 LEGEND = (
     "Each idea's best VALID run (by the template's objective, else its latest), as its verdict "
     "recorded it; (+x) its difference from the baseline, ~ within twice the baseline's seed "
-    "spread, (reported) a number the referee did not measure."
+    "spread, ! beyond it, (reported) a number the referee did not measure."
 )
 
 
@@ -206,7 +197,7 @@ def plot(results_dir: Path, template: str, group: list[IdeaSummary]) -> Path | N
     """One bar per idea's best run for each numeric key metric, the baseline as a line and its
     noise band shaded; ideas without a VALID run are left empty."""
     first = _reference(group)
-    names = [name for name in first.baseline if _is_number(first.baseline[name])]
+    names = [name for name in first.baseline if noise.is_number(first.baseline[name])]
     if not names:
         return None
     cols = min(3, len(names))
@@ -217,16 +208,17 @@ def plot(results_dir: Path, template: str, group: list[IdeaSummary]) -> Path | N
         values = [s.metrics.get(name) for s in group]
         ax.bar(
             [s.idea for s in group],
-            [v if _is_number(v) else 0.0 for v in values],
-            color=["tab:blue" if _is_number(v) else "none" for v in values],
+            [v if noise.is_number(v) else 0.0 for v in values],
+            color=["tab:blue" if noise.is_number(v) else "none" for v in values],
         )
         for x, value in enumerate(values):
-            if not _is_number(value):
+            if not noise.is_number(value):
                 ax.text(x, 0, "no VALID run", ha="center", va="bottom", rotation=90)
-        base, spread = first.baseline[name], first.noise.get(name)
+        base, band = first.baseline[name], first.bands.get(name)
         ax.axhline(base, color="black", linewidth=1, label="baseline")
-        if spread is not None:
-            low, high = base - NOISE_FACTOR * spread, base + NOISE_FACTOR * spread
+        if band is not None:
+            half = noise.NOISE_FACTOR * band.spread
+            low, high = base - half, base + half
             ax.axhspan(low, high, color="grey", alpha=0.25, label="seed noise")
         ax.set_title(name)
         ax.tick_params(axis="x", labelrotation=30)
@@ -247,16 +239,6 @@ def _reference(group: list[IdeaSummary]) -> IdeaSummary:
 
 def _stamp(entry: dict) -> datetime:
     return datetime.fromisoformat(entry["ts"])
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _short(value: Any) -> str:
-    if value is None:
-        return "missing"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _minutes(seconds: float) -> str:

@@ -17,7 +17,7 @@ from conftest import IDEAS as IDEAS_DIR
 from conftest import TEMPLATES
 from test_loop_e2e import wait_for
 
-from orchestrator import batch, summary
+from orchestrator import batch, noise, summary
 from orchestrator.journal import Journal
 from orchestrator.templates import load_template
 
@@ -168,10 +168,10 @@ def test_summary_marks_noise_and_reported_numbers():
         metrics={"EV": 0.93, "L0": 40.0},
         sources={"EV": "measured", "L0": "reported"},
         baseline={"EV": 0.92, "L0": 48.0},
-        noise={"EV": 0.01, "L0": 1.0},
+        bands={"EV": noise.Band(0.92, 0.01, 3), "L0": noise.Band(48.0, 1.0, 3)},
     )
-    assert summary._cell(row, "EV") == "0.93 (+0.01) ~"  # 0.01 < 2 x 0.01: within seed noise
-    assert summary._cell(row, "L0") == "40 (-8) (reported)"
+    assert summary._cell(row, "EV") == "0.93 (+0.01 ~)"  # 0.01 < 2 x 0.01: within seed noise
+    assert summary._cell(row, "L0") == "40 (-8 !) (reported)"  # 8 > 2 x 1: beyond it
     _, body = summary.rows([row])
-    assert ["EV", "0.92 ± 0.01", "0.93 (+0.01) ~"] in body
+    assert ["EV", "0.92 ±0.01", "0.93 (+0.01 ~)"] in body
     assert summary._cell(summary.IdeaSummary("b", "t", None, "not started"), "EV") == ""
