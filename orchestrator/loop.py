@@ -148,8 +148,9 @@ def run(settings: Settings) -> Path:
     environments = float(os.environ.get(ENV_SECONDS) or 0.0)
     _check_code(settings)
     _check_sandbox(settings)
-    session = _resume(settings) if settings.resume else _start(settings)
-    session.code = code_digest(REPO)
+    code = code_digest(REPO)  # every verdict checks the code against this
+    session = _resume(settings, code) if settings.resume else _start(settings, code)
+    session.code = code
     session.phases["environments"] = environments
     session.started_at = started
     _announce(session)
@@ -189,7 +190,7 @@ def _agent(session: Session, api_base: str | None) -> Agent:
     )
 
 
-def _start(settings: Settings) -> Session:
+def _start(settings: Settings, code: str) -> Session:
     name = settings.idea or _replayed_idea(settings.replay)
     if not name:
         raise LoopError("no idea given: pass --idea <name> (see --list-ideas) or --resume <dir>")
@@ -224,7 +225,7 @@ def _start(settings: Settings) -> Session:
         timeout=settings.timeout,
         pristine=ws.pristine,
     )
-    _journal_setup(journal, setup_seconds, spec)
+    _journal_setup(journal, setup_seconds, spec, code)
     session = Session(ws, load_template(ws.root), idea, journal, choice, settings)
     session.phases["lab caches"] = setup_seconds
     return session
@@ -248,7 +249,7 @@ def _replayed_idea(replay: Path | None) -> str | None:
     return starts[0]["idea"] if starts else None
 
 
-def _resume(settings: Settings) -> Session:
+def _resume(settings: Settings, code: str) -> Session:
     ws = Workspace.open(Path(settings.resume))
     journal = Journal(ws.journal_path)
     start = journal.last("start")
@@ -269,19 +270,19 @@ def _resume(settings: Settings) -> Session:
     if journal.last("end") is None:  # an ended workspace only gets its report rewritten
         llm.preflight(session.choice)
         session.phases["lab caches"] = setup_lab(spec) if settings.setup else 0.0
-        _journal_setup(journal, session.phases["lab caches"], spec)
+        _journal_setup(journal, session.phases["lab caches"], spec, code)
     console.print(f"[bold]resuming[/] {ws.root} at {session.run_name}")
     return session
 
 
-def _journal_setup(journal: Journal, seconds: float, spec: TemplateSpec) -> None:
+def _journal_setup(journal: Journal, seconds: float, spec: TemplateSpec, code: str) -> None:
     """What this invocation runs with: setup time, the sandbox's gaps, the code's digest."""
     journal.append(
         "setup",
         seconds=round(seconds, 3),
         sandbox_missing=sandbox.probe().missing(),
         network=spec.network,
-        code=code_digest(REPO),
+        code=code,
     )
 
 
