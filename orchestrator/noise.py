@@ -38,7 +38,8 @@ class Band:
     n_seeds: int
 
     def within(self, difference: float) -> bool:
-        return abs(difference) < NOISE_FACTOR * self.spread
+        # no difference is within any band, a zero spread included (a metric every seed fixes)
+        return difference == 0 or abs(difference) < NOISE_FACTOR * self.spread
 
 
 def band_record(values: list[float]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from orchestrator import sandbox
 from orchestrator.journal import Journal
-from orchestrator.noise import Band, compared, load_bands, write_noise
+from orchestrator.noise import Band, compared, difference, load_bands, write_noise
 from orchestrator.report import (
     AGENT_NOTES_HEADING,
     GENERATED_MARK,
@@ -177,6 +177,12 @@ def test_a_prompt_line_says_whether_a_difference_is_beyond_seed_noise():
     assert "within seed noise" in compared(0.515, 0.5, band, "run_0")
     assert compared(0.515, 0.5, None, "run_0") == "0.515 (run_0 0.5, difference +0.015)"
     assert compared(None, 0.5, band, "run_0") == "missing"
+
+
+def test_a_metric_every_seed_agrees_on_marks_only_a_change():
+    fixed = Band(mean=610, spread=0.0, n_seeds=3)  # e.g. training steps: the same at every seed
+    assert difference(610, 610, fixed) == "+0 ~"
+    assert difference(600, 610, fixed) == "-10 !"
 
 
 def _table(notes: str) -> dict[str, list[str]]:
