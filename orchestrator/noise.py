@@ -125,8 +125,8 @@ def against_baseline(workspace: Path, spec: TemplateSpec, metrics: dict[str, Any
 
 def short(value: Any) -> str:
     """4 significant digits for a float; other values as JSON."""
-    if isinstance(value, float) and math.isfinite(value):
-        return f"{value:.4g}"
+    if isinstance(value, float):
+        return f"{value:.4g}"  # nan and inf as Python writes them
     return "missing" if value is None else json.dumps(value, default=str)
 
 
