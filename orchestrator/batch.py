@@ -191,8 +191,10 @@ def _fan_out(
                 log_path = results / LOGS_DIR / f"{name}.log"
                 options = {"max_retries": 0, "name": f"idea {name}", **specs[name].resources}
                 pending[task.options(**options).remote(settings, log_path)] = name
-                console.print(
-                    f"{name}: {'resuming' if settings.resume else 'started'}, log {log_path}"
+                asks = ", ".join(f"{n:g} {RAY_NAMES[k]}" for k, n in specs[name].resources.items())
+                console.print(  # Ray starts it once those resources are free
+                    f"{name}: {'resume' if settings.resume else 'start'} queued (asks for "
+                    f"{asks}), log {log_path}"
                 )
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             outcome = _outcome(ray, ref, pending.pop(ref))
