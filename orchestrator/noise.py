@@ -37,9 +37,14 @@ class Band:
     spread: float
     n_seeds: int
 
+    @property
+    def half_width(self) -> float:
+        """How far from the baseline a difference is still seed noise."""
+        return NOISE_FACTOR * self.spread
+
     def within(self, difference: float) -> bool:
         # no difference is within any band, a zero spread included (a metric every seed fixes)
-        return difference == 0 or abs(difference) < NOISE_FACTOR * self.spread
+        return difference == 0 or abs(difference) < self.half_width
 
 
 def band_record(values: list[float]) -> dict[str, Any]:

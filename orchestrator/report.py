@@ -431,7 +431,7 @@ def _metric_bars(
     fig = Figure(figsize=(4.5 * cols, 3.2 * rows), layout="constrained")
     for i, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, i + 1)
-        shown = [r for r in runs if _plottable(r.metrics.get(name))]
+        shown = [r for r in runs if noise.is_number(r.metrics.get(name))]
         bars = ax.bar(
             [r.name for r in shown],
             [r.metrics[name] for r in shown],
@@ -440,9 +440,9 @@ def _metric_bars(
         for bar, run in zip(bars, shown, strict=True):
             bar.set_hatch("" if run.status == "ok" else "//")
         base, band = runs[0].metrics.get(name) if runs else None, bands.get(name)
-        if band and _plottable(base):
-            half = noise.NOISE_FACTOR * band.spread
-            ax.axhspan(base - half, base + half, color="tab:orange", alpha=0.25, zorder=3)
+        if band and noise.is_number(base):
+            low, high = base - band.half_width, base + band.half_width
+            ax.axhspan(low, high, color="tab:orange", alpha=0.25, zorder=3)
         ax.set_title(name)
         ax.tick_params(axis="x", labelrotation=30)
     fig.suptitle(
@@ -451,10 +451,6 @@ def _metric_bars(
     )
     fig.savefig(path, dpi=110)
     return path
-
-
-def _plottable(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _curves(workspace: Path, spec: TemplateSpec, runs: list[RunRecord]) -> dict[str, dict]:

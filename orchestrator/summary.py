@@ -217,8 +217,7 @@ def plot(results_dir: Path, template: str, group: list[IdeaSummary]) -> Path | N
         base, band = first.baseline[name], first.bands.get(name)
         ax.axhline(base, color="black", linewidth=1, label="baseline")
         if band is not None:
-            half = noise.NOISE_FACTOR * band.spread
-            low, high = base - half, base + half
+            low, high = base - band.half_width, base + band.half_width
             ax.axhspan(low, high, color="grey", alpha=0.25, label="seed noise")
         ax.set_title(name)
         ax.tick_params(axis="x", labelrotation=30)
