@@ -17,14 +17,21 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from orchestrator import batch, loop  # noqa: E402
+from orchestrator import batch, loop, session  # noqa: E402
+from orchestrator.agent.llm import API_KEY_VAR, LLMError, LLMHalt, ProviderRefused  # noqa: E402
 from orchestrator.ideas import IDEAS_DIR, IdeaError, available, list_ideas  # noqa: E402
 from orchestrator.journal import Journal  # noqa: E402
-from orchestrator.llm import API_KEY_VAR, LLMError, LLMHalt, ProviderRefused  # noqa: E402
 from orchestrator.templates import TemplateError  # noqa: E402
-from orchestrator.workspace import JOURNAL, WorkspaceError  # noqa: E402
+from orchestrator.trust.workspace import JOURNAL, WorkspaceError  # noqa: E402
 
-USER_ERRORS = (IdeaError, LLMError, TemplateError, WorkspaceError, loop.LoopError, batch.BatchError)
+USER_ERRORS = (
+    IdeaError,
+    LLMError,
+    TemplateError,
+    WorkspaceError,
+    session.LoopError,
+    batch.BatchError,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,18 +71,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--replay", type=Path, help="serve recorded replies: journal.jsonl or playbook"
     )
     limits = p.add_argument_group("limits")
-    limits.add_argument("--max-runs", type=int, default=loop.MAX_RUNS, help="validated runs")
+    limits.add_argument("--max-runs", type=int, default=session.MAX_RUNS, help="validated runs")
     limits.add_argument(
         "--max-iters",
         type=int,
-        default=loop.MAX_ITERS,
+        default=session.MAX_ITERS,
         help="consecutive failed tries per run before stopping",
     )
     limits.add_argument("--timeout", type=float, help="seconds per run (default: the template's)")
     limits.add_argument(
         "--max-cost",
         type=float,
-        default=loop.MAX_COST,
+        default=session.MAX_COST,
         metavar="USD",
         help="stop before an LLM call would take the recorded cost past this (default: "
         "%(default)s); --resume with a higher cap goes on",
@@ -92,11 +99,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="start although orchestrator/ or saelab/ has uncommitted changes",
     )
     dirs = p.add_argument_group("directories (tests override these)")
-    dirs.add_argument("--results-dir", type=Path, default=loop.RESULTS_DIR)
+    dirs.add_argument("--results-dir", type=Path, default=session.RESULTS_DIR)
     dirs.add_argument(
         "--template-dir",
         type=Path,
-        default=loop.TEMPLATES_DIR,
+        default=session.TEMPLATES_DIR,
         help="directory holding the templates",
     )
     dirs.add_argument("--ideas-dir", type=Path, default=IDEAS_DIR)
@@ -140,10 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
     if args.idea and not (args.resume or args.replay or args.fresh or args.list_ideas):
         # running the same command again after Ctrl-C continues where it stopped
-        args.resume = loop.find_unfinished(args.results_dir, args.idea)
+        args.resume = session.find_unfinished(args.results_dir, args.idea)
         if args.resume:
             print(f"resuming the unfinished workspace {args.resume} (--fresh starts a new one)")
-    settings = loop.Settings(
+    settings = session.Settings(
         idea=args.idea,
         resume=args.resume,
         model=args.model,
@@ -185,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def valid_runs(workspace: Path) -> int:
     """Runs beyond the baseline that passed validation, from the workspace's journal."""
-    done = Journal(workspace / JOURNAL).entries("run_done")
-    return sum(entry.get("status") == "ok" for entry in done)
+    return len(Journal(workspace / JOURNAL).passed_runs())
 
 
 if __name__ == "__main__":

@@ -59,67 +59,71 @@ class Mutation:
 
 T = "tests/orchestrator/"
 E2E = T + "test_loop_e2e.py::"
-VALIDATE = (T + "test_validate.py", T + "test_template_rules.py")
-RUNNER = (T + "test_runner.py",)
-WORKSPACE = (T + "test_workspace.py", E2E + "test_protected_file_edit_is_reverted_and_agent_told")
+VALIDATE = (T + "trust/test_validate.py", T + "trust/test_template_rules.py")
+RUNNER = (T + "trust/test_runner.py",)
+WORKSPACE = (
+    T + "trust/test_workspace.py",
+    E2E + "test_protected_file_edit_is_reverted_and_agent_told",
+)
+JUDGE = (T + "trust/test_judge.py",)
 JOURNAL = (T + "test_journal.py",)
 GUARDS = T + "test_guards.py::"
-REPORT = (T + "test_report.py",)
+REPORT = (T + "report/test_report.py",)
 EVALS = "tests/lab/test_evals.py::"
 
 # fmt: off
 MUTATIONS = [
     # validate.py: the rule ops, NaN, the schema
-    Mutation("gt_is_ge", "orchestrator/validate.py", '">": operator.gt,', '">": operator.ge,', "'>' is strict (0 steps fail 'training_steps > 0')", VALIDATE),
-    Mutation("ge_is_gt", "orchestrator/validate.py", '">=": operator.ge,', '">=": operator.gt,', "'>=' passes on its threshold", VALIDATE),
-    Mutation("lt_is_le", "orchestrator/validate.py", '"<": operator.lt,', '"<": operator.le,', "'<' is strict", VALIDATE),
-    Mutation("le_is_lt", "orchestrator/validate.py", '"<=": operator.le,', '"<=": operator.lt,', "'<=' passes on its threshold", VALIDATE),
-    Mutation("eq_is_ge", "orchestrator/validate.py", '"==": operator.eq,', '"==": operator.ge,', "'==' means equal", VALIDATE),
-    Mutation("nan_compares", "orchestrator/validate.py", "    if _is_number(value) and not math.isfinite(value):\n        return _problem(rule, _short(value))\n", "", "NaN and inf fail every comparison", VALIDATE),
-    Mutation("finite_is_number", "orchestrator/validate.py", '(rule.op == "finite" and _is_number(value) and math.isfinite(value))', '(rule.op == "finite" and _is_number(value))', "'finite' rejects NaN and inf", VALIDATE),
-    Mutation("schema_unchecked", "orchestrator/validate.py", 'if any(TYPE_CHECKS[k](value) for k in kind.split("|")):', "if True:", "schema types are checked", VALIDATE),
-    Mutation("bool_is_number", "orchestrator/validate.py", "return isinstance(value, (int, float)) and not isinstance(value, bool)", "return isinstance(value, (int, float))", "a bool is not a number", VALIDATE),
+    Mutation("gt_is_ge", "orchestrator/trust/validate.py", '">": operator.gt,', '">": operator.ge,', "'>' is strict (0 steps fail 'training_steps > 0')", VALIDATE),
+    Mutation("ge_is_gt", "orchestrator/trust/validate.py", '">=": operator.ge,', '">=": operator.gt,', "'>=' passes on its threshold", VALIDATE),
+    Mutation("lt_is_le", "orchestrator/trust/validate.py", '"<": operator.lt,', '"<": operator.le,', "'<' is strict", VALIDATE),
+    Mutation("le_is_lt", "orchestrator/trust/validate.py", '"<=": operator.le,', '"<=": operator.lt,', "'<=' passes on its threshold", VALIDATE),
+    Mutation("eq_is_ge", "orchestrator/trust/validate.py", '"==": operator.eq,', '"==": operator.ge,', "'==' means equal", VALIDATE),
+    Mutation("nan_compares", "orchestrator/trust/validate.py", "    if _is_number(value) and not math.isfinite(value):\n        return _problem(rule, _short(value))\n", "", "NaN and inf fail every comparison", VALIDATE),
+    Mutation("finite_is_number", "orchestrator/trust/validate.py", '(rule.op == "finite" and _is_number(value) and math.isfinite(value))', '(rule.op == "finite" and _is_number(value))', "'finite' rejects NaN and inf", VALIDATE),
+    Mutation("schema_unchecked", "orchestrator/trust/validate.py", 'if any(TYPE_CHECKS[k](value) for k in kind.split("|")):', "if True:", "schema types are checked", VALIDATE),
+    Mutation("bool_is_number", "orchestrator/trust/validate.py", "return isinstance(value, (int, float)) and not isinstance(value, bool)", "return isinstance(value, (int, float))", "a bool is not a number", VALIDATE),
     # runner.py: process group, timeout, output cap, secrets, stale runs
-    Mutation("no_session", "orchestrator/runner.py", "start_new_session=True,", "start_new_session=False,", "the run gets its own process group", RUNNER),
-    Mutation("no_group_kill", "orchestrator/runner.py", "        _kill_group(proc.pid, grace_seconds)\n", "", "the whole group is killed at exit, timeout, Ctrl-C", RUNNER),
-    Mutation("no_sigkill", "orchestrator/runner.py", "            os.killpg(pgid, signal.SIGKILL)", "            pass", "SIGKILL follows an ignored SIGTERM", RUNNER),
-    Mutation("no_timeout", "orchestrator/runner.py", "        if time.monotonic() >= deadline:\n            return True", "        if False:\n            return True", "the timeout ends the run", RUNNER),
-    Mutation("log_uncapped", "orchestrator/runner.py", "head, data = data[: self._room], data[self._room :]", 'head, data = data, b""', "log.txt is capped", RUNNER),
-    Mutation("secrets_kept", "orchestrator/runner.py", 'env=scrubbed_env(env) | {"PYTHONUNBUFFERED": "1"},', 'env=dict(env or os.environ) | {"PYTHONUNBUFFERED": "1"},', "LLM keys never reach the experiment", RUNNER),
-    Mutation("stale_run_lives", "orchestrator/runner.py", "                _kill_group(pgid, GRACE_SECONDS)", "                pass", "a resume kills the run a kill -9 orphaned", RUNNER),
-    Mutation("stranger_killed", "orchestrator/runner.py", "            if _runs_in(pgid, workspace):", "            if True:", "a stale pid file never kills a stranger", RUNNER),
+    Mutation("no_session", "orchestrator/trust/runner.py", "start_new_session=True,", "start_new_session=False,", "the run gets its own process group", RUNNER),
+    Mutation("no_group_kill", "orchestrator/trust/runner.py", "        _kill_group(proc.pid, grace_seconds)\n", "", "the whole group is killed at exit, timeout, Ctrl-C", RUNNER),
+    Mutation("no_sigkill", "orchestrator/trust/runner.py", "            os.killpg(pgid, signal.SIGKILL)", "            pass", "SIGKILL follows an ignored SIGTERM", RUNNER),
+    Mutation("no_timeout", "orchestrator/trust/runner.py", "        if now >= deadline:\n            return \"timeout\"", "        if False:\n            return \"timeout\"", "the timeout ends the run", RUNNER),
+    Mutation("log_uncapped", "orchestrator/trust/runner.py", "head, data = data[: self._room], data[self._room :]", 'head, data = data, b""', "log.txt is capped", RUNNER),
+    Mutation("secrets_kept", "orchestrator/trust/runner.py", 'env=scrubbed_env(env) | {"PYTHONUNBUFFERED": "1"},', 'env=dict(env or os.environ) | {"PYTHONUNBUFFERED": "1"},', "LLM keys never reach the experiment", RUNNER),
+    Mutation("stale_run_lives", "orchestrator/trust/runner.py", "                _kill_group(pgid, GRACE_SECONDS)", "                pass", "a resume kills the run a kill -9 orphaned", RUNNER),
+    Mutation("stranger_killed", "orchestrator/trust/runner.py", "            if _runs_in(pgid, workspace):", "            if True:", "a stale pid file never kills a stranger", RUNNER),
     # workspace.py: the protected-file manifest and its revert
-    Mutation("no_restore", "orchestrator/workspace.py", '            self.repo.git.checkout(self.pristine, "--", *restore)', "            pass", "changed protected files are restored", WORKSPACE),
-    Mutation("no_hash_check", "orchestrator/workspace.py", "            elif _sha256(full) != digest:", "            elif False:", "a changed protected file is noticed", WORKSPACE),
-    Mutation("added_kept", "orchestrator/workspace.py", "            (self.root / path).unlink(missing_ok=True)", "            pass", "files the agent adds are deleted", WORKSPACE),
-    Mutation("baseline_unprotected", "orchestrator/workspace.py", "files = _tree_files(root, skip_runs=False)", "files = _tree_files(root)", "the baseline run is protected", WORKSPACE),
+    Mutation("no_restore", "orchestrator/trust/workspace.py", '            self.repo.git.checkout(self.pristine, "--", *restore)', "            pass", "changed protected files are restored", WORKSPACE),
+    Mutation("no_hash_check", "orchestrator/trust/workspace.py", "            elif _sha256(full) != digest:", "            elif False:", "a changed protected file is noticed", WORKSPACE),
+    Mutation("added_kept", "orchestrator/trust/workspace.py", "            (self.root / path).unlink(missing_ok=True)", "            pass", "files the agent adds are deleted", WORKSPACE),
+    Mutation("baseline_unprotected", "orchestrator/trust/workspace.py", "files = _tree_files(root, skip_runs=False)", "files = _tree_files(root)", "the baseline run is protected", WORKSPACE),
     # journal.py
     Mutation("journal_fsync", "orchestrator/journal.py", "            f.flush()\n            os.fsync(f.fileno())\n", "", "each entry is on disk before append returns", JOURNAL),
     Mutation("torn_line_glued", "orchestrator/journal.py", '            if f.read(1) != b"\\n":', "            if False:", "a torn last line is sealed before appending", JOURNAL),
-    # loop.py
-    Mutation("no_baseline_gate", "orchestrator/loop.py", "    _baseline_gate(spec)\n", "", "a missing or invalid run_0 stops the loop", (GUARDS + "test_a_bad_baseline_stops_the_loop_with_one_line_and_no_workspace",)),
-    Mutation("loop_progress", "orchestrator/loop.py", "    return len(passed) + 1, len(failed)", "    return 1, len(failed)", "a resume continues after the runs that passed", (GUARDS + "test_resume_after_a_passed_run_continues_at_the_next_run",)),
-    Mutation("replay_restarts", "orchestrator/loop.py", "        return replace(choice, replay_responses=choice.replay_responses[used:])", "        return choice", "a resumed replay skips the replies already served", (GUARDS + "test_a_resumed_replay_equals_an_uninterrupted_one",)),
+    # session.py and loop.py
+    Mutation("no_baseline_gate", "orchestrator/session.py", "    baseline_gate(spec)\n", "", "a missing or invalid run_0 stops the loop", (GUARDS + "test_a_bad_baseline_stops_the_loop_with_one_line_and_no_workspace",)),
+    Mutation("loop_progress", "orchestrator/session.py", "    session.run_number = len(journal.passed_runs()) + 1", "    session.run_number = 1", "a resume continues after the runs that passed", (GUARDS + "test_resume_after_a_passed_run_continues_at_the_next_run",)),
+    Mutation("replay_restarts", "orchestrator/session.py", "        return replace(choice, replay_responses=choice.replay_responses[used:])", "        return choice", "a resumed replay skips the replies already served", (GUARDS + "test_a_resumed_replay_equals_an_uninterrupted_one",)),
     Mutation("no_turn_guard", "orchestrator/loop.py", '    _guard(session, "your last edit")\n', "", "protected edits are reverted after each turn", (E2E + "test_protected_file_edit_is_reverted_and_agent_told",)),
-    Mutation("tamper_valid", "orchestrator/loop.py", "            verdict.ok = False\n", "", "a run that wrote protected files is invalid", (E2E + "test_experiment_writing_a_protected_file_invalidates_the_run",)),
+    Mutation("tamper_valid", "orchestrator/trust/judge.py", '        verdict.problems.append(f"the run changed protected files ({tampered})")', "        pass", "a run that wrote protected files is invalid", JUDGE),
     Mutation("invalid_is_ok", "orchestrator/loop.py", 'status, reason = ("ok", "") if verdict.ok else ("invalid", "INVALID result")', 'status, reason = ("ok", "")', "an invalid verdict is a failed run", (E2E + "test_zero_training_steps_is_invalid_and_run_number_stays",)),
     Mutation("no_iter_cap", "orchestrator/loop.py", "    if session.failures >= session.settings.max_iters:", "    if False:", "MAX_ITERS failures in a row end the loop", (E2E + "test_hang_is_killed_at_timeout_with_no_process_left",)),
-    # report.py
-    Mutation("no_claim_warning", "orchestrator/report.py", 'claims_success_but_failed=status != "ok" and claims_success(analysis),', "claims_success_but_failed=False,", "a success claimed by a failed run is flagged", REPORT),
-    Mutation("negation_ignored", "orchestrator/report.py", "            if not any(_negates(w) for w in near):", "            if True:", "'did not succeed' is no success claim", REPORT),
-    Mutation("replaced_from_disk", "orchestrator/report.py", "    from_journal = replaced or not (workspace / name).is_dir()", "    from_journal = not (workspace / name).is_dir()", "a replaced attempt shows the numbers it was judged on", REPORT),
+    # report/records.py
+    Mutation("no_claim_warning", "orchestrator/report/records.py", 'claims_success_but_failed=attempt.status != "ok" and claims_success(analysis),', "claims_success_but_failed=False,", "a success claimed by a failed run is flagged", REPORT),
+    Mutation("negation_ignored", "orchestrator/report/records.py", "            if not any(_negates(w) for w in near):", "            if True:", "'did not succeed' is no success claim", REPORT),
+    Mutation("replaced_from_disk", "orchestrator/report/records.py", "    from_journal = attempt.replaced or not (workspace / name).is_dir()", "    from_journal = not (workspace / name).is_dir()", "a replaced attempt shows the numbers it was judged on", REPORT),
     # saelab/evals
     Mutation("ev_against_zero", "saelab/evals/core.py", "    total_var = sum_x2 - (sum_x.pow(2).sum().item() / n_tok)", "    total_var = sum_x2", "explained variance is measured against the data mean", (EVALS + "test_explained_variance_is_measured_against_the_data_mean",)),
     Mutation("l0_per_latent", "saelab/evals/core.py", '"l0": l0 / n_tok,', '"l0": l0 / n_tok / sae.d_sae,', "L0 counts active latents per token", (EVALS + "test_explained_variance_is_measured_against_the_data_mean",)),
     Mutation("dead_never", "saelab/evals/core.py", '"frac_dead_latents": (freq == 0).double().mean().item(),', '"frac_dead_latents": (freq < 0).double().mean().item(),', "latents that never fire are counted dead", (EVALS + "test_explained_variance_is_measured_against_the_data_mean",)),
     Mutation("ce_score_formula", "saelab/evals/core.py", '"ce_loss_score": (ce_zero - ce_sae) / (ce_zero - ce_clean),', '"ce_loss_score": (ce_zero - ce_sae) / ce_zero,', "CE-loss score is 1 for a perfect SAE, 0 for ablation", (EVALS + "test_ce_and_kl_scores_are_one_for_a_perfect_sae_and_zero_for_ablation",)),
-    Mutation("decoder_lookahead", "saelab/evals/temporal.py", "    pairs = ((f_clean, f_noisy), (sae.decode(f_clean), sae.decode(f_noisy)))", "    pairs = ((f_clean, f_noisy),)", "a decoder that reads ahead is non-causal", (EVALS + "test_future_mixing_sae_is_flagged",)),
+    Mutation("decoder_lookahead", "saelab/evals/temporal.py", "    pairs = ((f_clean, f_noisy), (decode(sae, f_clean), decode(sae, f_noisy)))", "    pairs = ((f_clean, f_noisy),)", "a decoder that reads ahead is non-causal", (EVALS + "test_future_mixing_sae_is_flagged",)),
     # the referee and the sandbox (2026-12-01)
-    Mutation("no_disagreement", "orchestrator/validate.py", "problems = disagreements(result, measured, spec) if measured is not None else []", "problems = []", "a reported number the lab measured differently invalidates the run", (T + "test_referee_loop.py",)),
-    Mutation("no_copy_check", "orchestrator/referee.py", "same = [name for name, other in earlier.items() if other == digest]", "same = []", "an artifact identical to an earlier one is not new work", (T + "test_referee_loop.py",)),
-    Mutation("landlock_writes_all", "orchestrator/sandbox.py", 'rules = [(Path("/"), FS_READ)]', 'rules = [(Path("/"), FS_READ | write)]', "agent code writes only its run dir", (T + "test_sandbox.py",)),
-    Mutation("env_passthrough", "orchestrator/sandbox.py", "env = {name: source[name] for name in names if name in source}", "env = dict(source)", "agent code sees an allow-listed environment", (T + "test_sandbox.py",)),
-    Mutation("no_code_check", "orchestrator/loop.py", "if code_digest(REPO) != session.code:", "if False:", "a run measured by changed code is not VALID", (T + "test_sandbox.py",)),
+    Mutation("no_disagreement", "orchestrator/trust/validate.py", "problems = disagreements(result, measured, spec) if measured is not None else []", "problems = []", "a reported number the lab measured differently invalidates the run", (T + "trust/test_referee_loop.py",)),
+    Mutation("no_copy_check", "orchestrator/trust/referee.py", "same = [name for name, other in earlier.items() if other == digest]", "same = []", "an artifact identical to an earlier one is not new work", (T + "trust/test_referee_loop.py",)),
+    Mutation("landlock_writes_all", "orchestrator/trust/sandbox.py", 'rules = [(Path("/"), FS_READ)]', 'rules = [(Path("/"), FS_READ | write)]', "agent code writes only its run dir", (T + "trust/test_sandbox.py",)),
+    Mutation("env_passthrough", "orchestrator/trust/sandbox.py", "env = {name: source[name] for name in names if name in source}", "env = dict(source)", "agent code sees an allow-listed environment", (T + "trust/test_sandbox.py",)),
+    Mutation("no_code_check", "orchestrator/trust/judge.py", "    if code_digest(PROJECT) != code:", "    if False:", "a run measured by changed code is not VALID", JUDGE + (T + "trust/test_sandbox.py",)),
     Mutation("no_batch_purity", "saelab/referee.py", '"batch_independent": _batch_independent,', "", "the referee catches an SAE whose code mixes the batch", ("tests/lab/test_referee.py",)),
     Mutation("unpickling_referee", "saelab/referee.py", 'os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"', "pass", "a crafted artifact runs no code in the referee", ("tests/lab/test_referee.py",)),
 ]
@@ -156,7 +160,9 @@ def _implies(a: dict, b: dict) -> bool:
     return False
 
 
-MUTATIONS += rule_deletions("templates/temporal_sae/template.json", (T + "test_template_rules.py",))
+MUTATIONS += rule_deletions(
+    "templates/temporal_sae/template.json", (T + "trust/test_template_rules.py",)
+)
 
 
 # ---- running ---------------------------------------------------------------------------------

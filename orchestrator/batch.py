@@ -12,7 +12,7 @@ fan-out. One idea's crash, timeout or invalid runs never stop the others.
 The batch is recorded in <results>/batch.jsonl: "batch" (ideas, templates), "idea_done" (idea,
 error, seconds, node) per finished task, and "batch_end" once every idea's loop has ended.
 Until then the same command resumes it: an idea whose workspace ended since the batch began is
-kept, an unfinished workspace resumes (loop.find_unfinished), an idea never started starts.
+kept, an unfinished workspace resumes (session.find_unfinished), an idea never started starts.
 """
 
 from __future__ import annotations
@@ -29,18 +29,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator import loop, summary
+from orchestrator import loop
+from orchestrator.console import console
 from orchestrator.envs import ENV_SECONDS, STARTED_AT
 from orchestrator.ideas import load_idea
-from orchestrator.journal import Journal
+from orchestrator.journal import Journal, stamp
+from orchestrator.report import summary
+from orchestrator.session import Settings, find_unfinished, setup_lab
 from orchestrator.templates import TEMPLATE_FILE, TemplateSpec, load_template
 
 BATCH_FILE = "batch.jsonl"
 LOGS_DIR = "logs"
 OBJECT_STORE_BYTES = 100 * 2**20  # only a small Outcome per idea crosses Ray's object store
 RAY_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU"}  # template resources -> Ray's resource names
-
-console = loop.console
 
 
 class BatchError(RuntimeError):
@@ -58,7 +59,7 @@ class Outcome:
 
 
 def run_batch(
-    base: loop.Settings,
+    base: Settings,
     names: list[str],
     workers: int | None = None,
     address: str | None = None,
@@ -79,7 +80,7 @@ def run_batch(
         else:
             todo[name] = settings
     for spec in {specs[name].root: specs[name] for name in todo}.values():
-        loop.setup_lab(spec)  # once per template, not once per idea
+        setup_lab(spec)  # once per template, not once per idea
     if todo:
         _fan_out(todo, specs, results, workers, address, record)
     rows = report(results)
@@ -109,7 +110,7 @@ def summaries(results_dir: Path) -> list[summary.IdeaSummary]:
             summary.summarize(name, "", summary.newest_workspace(results_dir, name))
             for name in found
         ]
-    since = datetime.fromisoformat(batch["ts"])
+    since = stamp(batch)
     errors = {e["idea"]: e["error"] for e in record.entries("idea_done") if e["seq"] > batch["seq"]}
     return [
         summary.summarize(
@@ -125,7 +126,7 @@ def summaries(results_dir: Path) -> list[summary.IdeaSummary]:
 # ---- planning ---------------------------------------------------------------------------------
 
 
-def _absolute(settings: loop.Settings) -> loop.Settings:
+def _absolute(settings: Settings) -> Settings:
     """Paths a worker can use whatever its working directory (on a cluster: another node's)."""
     return replace(
         settings,
@@ -135,7 +136,7 @@ def _absolute(settings: loop.Settings) -> loop.Settings:
     )
 
 
-def _template(settings: loop.Settings, name: str) -> TemplateSpec:
+def _template(settings: Settings, name: str) -> TemplateSpec:
     idea = load_idea(name, settings.ideas_dir)
     return load_template(Path(settings.templates_dir) / idea.template)
 
@@ -148,17 +149,15 @@ def _open_batch(
     unfinished = last is not None and (ended is None or ended["seq"] < last["seq"])
     if unfinished and not fresh and sorted(last["ideas"]) == sorted(names):
         console.print(f"[bold]resuming the batch begun {last['ts']}[/] (--fresh starts a new one)")
-        return datetime.fromisoformat(last["ts"])
-    return datetime.fromisoformat(record.append("batch", ideas=names, templates=templates)["ts"])
+        return stamp(last)
+    return stamp(record.append("batch", ideas=names, templates=templates))
 
 
-def _idea_settings(
-    base: loop.Settings, name: str, since: datetime, fresh: bool
-) -> loop.Settings | None:
+def _idea_settings(base: Settings, name: str, since: datetime, fresh: bool) -> Settings | None:
     """One idea's run: resume its unfinished workspace, start it, or None when its workspace
     already ended in this batch."""
     settings = replace(base, idea=name, setup=False, live=False)
-    unfinished = None if fresh else loop.find_unfinished(base.results_dir, name)
+    unfinished = None if fresh else find_unfinished(base.results_dir, name)
     if unfinished:
         return replace(settings, resume=unfinished)
     if summary.newest_workspace(base.results_dir, name, since):
@@ -170,7 +169,7 @@ def _idea_settings(
 
 
 def _fan_out(
-    todo: dict[str, loop.Settings],
+    todo: dict[str, Settings],
     specs: dict[str, TemplateSpec],
     results: Path,
     workers: int | None,
@@ -256,7 +255,7 @@ def _outcome(ray: Any, ref: Any, name: str) -> Outcome:
 # ---- inside a Ray worker ----------------------------------------------------------------------
 
 
-def run_idea(settings: loop.Settings, log_path: Path) -> Outcome:
+def run_idea(settings: Settings, log_path: Path) -> Outcome:
     """One idea's loop, as a Ray task; everything it prints is appended to `log_path`."""
     started = time.time()
     os.environ[STARTED_AT], os.environ[ENV_SECONDS] = str(started), "0"  # its own wall clock

@@ -16,29 +16,115 @@ loop writes, with their fields:
               artifact (the referee's digest), files (run-dir path -> sha256), commit
     run_done  run_name, status ("ok" | "invalid" | "crashed" | "timeout")
     end       reason
+    skip      run_name, attempt, next_prompt (an agent turn that changed nothing)
+    halt      error, reason (the LLM provider refused; resume goes on)
 One attempt of a run is journalled as "run", then "verdict" (absent after a crash or timeout),
 then "run_done", which closes it; the report relies on that order.
+
+This module is the one reader: everyone else asks it named questions (turns, attempts, passed
+runs, usage, phases) and never reads an entry's kind or parses its timestamp.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
+# the kinds that move the loop's state machine, in the order one turn writes them
+STEP_KINDS = ("start", "prompt", "response", "commit", "run", "verdict", "run_done", "skip")
+
+
+def stamp(entry: dict) -> datetime:
+    """When an entry was written."""
+    return datetime.fromisoformat(entry["ts"])
+
+
+@dataclass(frozen=True)
+class Usage:
+    """LLM calls and what they cost."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @staticmethod
+    def of(calls: list[dict]) -> Usage:
+        return Usage(
+            len(calls),
+            sum(c.get("prompt_tokens") or 0 for c in calls),
+            sum(c.get("completion_tokens") or 0 for c in calls),
+            sum(c.get("cost") or 0.0 for c in calls),
+        )
+
+
+@dataclass
+class Turn:
+    """One agent turn: its prompt, the LLM calls it made and its reply (None: cut off)."""
+
+    prompt: dict
+    response: dict | None = None
+    calls: list[dict] = field(default_factory=list)
+
+    @property
+    def run_name(self) -> str:
+        return str(self.prompt.get("run_name", ""))
+
+    @property
+    def usage(self) -> Usage:
+        return Usage.of(self.calls)
+
+    @property
+    def seconds(self) -> float:
+        """From the prompt to the reply (0 for a turn cut off)."""
+        if self.response is None:
+            return 0.0
+        return (stamp(self.response) - stamp(self.prompt)).total_seconds()
+
+
+@dataclass
+class Attempt:
+    """One finished attempt of a run: its run_done entry, the run and verdict entries before it,
+    and the agent's reply that followed it (its analysis)."""
+
+    done: dict
+    run: dict | None
+    verdict: dict | None
+    response: dict | None
+    replaced: bool  # a later attempt of the same run name exists
+
+    @property
+    def run_name(self) -> str:
+        return self.done["run_name"]
+
+    @property
+    def status(self) -> str:
+        return self.done.get("status", "invalid")
+
 
 class Journal:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, read_only: bool = False):
+        """`read_only`: never touch the file (a replayed journal may be someone else's)."""
         self.path = Path(path)
-        self._seq = self._next_seq()
+        self.read_only = read_only
+        self._seq = None if read_only else self._next_seq()
 
     def append(self, kind: str, **fields: Any) -> dict:
         """Write one entry durably and return it (with its kind, seq and ts)."""
+        if self._seq is None:
+            raise ValueError(f"{self.path} was opened read-only")
         entry = {"kind": kind, "seq": self._seq, "ts": datetime.now(UTC).isoformat(), **fields}
         line = json.dumps(entry, default=str) + "\n"
         created = not self.path.exists()
@@ -51,6 +137,8 @@ class Journal:
         self._seq += 1
         return entry
 
+    # ---- plain reads ---------------------------------------------------------------------
+
     def entries(self, kind: str | None = None) -> list[dict]:
         """All readable entries in order, optionally of one kind."""
         return [e for e in self._read() if kind is None or e.get("kind") == kind]
@@ -58,6 +146,117 @@ class Journal:
     def last(self, kind: str) -> dict | None:
         found = self.entries(kind)
         return found[-1] if found else None
+
+    @property
+    def started(self) -> dict | None:
+        return self.last("start")
+
+    @property
+    def ended(self) -> dict | None:
+        return self.last("end")
+
+    def since(self, when: datetime) -> list[dict]:
+        """The entries written at or after `when`."""
+        return [e for e in self.entries() if stamp(e) >= when]
+
+    def last_step(self) -> dict | None:
+        """The last entry that moves the loop's state machine (see STEP_KINDS)."""
+        steps = [e for e in self.entries() if e.get("kind") in STEP_KINDS]
+        return steps[-1] if steps else None
+
+    # ---- named queries -------------------------------------------------------------------
+
+    def turns(self, since: datetime | None = None) -> list[Turn]:
+        """Every agent turn in order (written at or after `since`, when given)."""
+        turns: list[Turn] = []
+        entries = self.entries() if since is None else self.since(since)
+        for entry in entries:
+            kind = entry.get("kind")
+            if kind == "prompt":
+                turns.append(Turn(entry))
+            elif turns and turns[-1].response is None and kind == "llm_call":
+                turns[-1].calls.append(entry)
+            elif turns and turns[-1].response is None and kind == "response":
+                turns[-1].response = entry
+        return turns
+
+    def history(self) -> list[tuple[str, str]]:
+        """(prompt, reply) of every finished turn, to restore the agent's chat on resume."""
+        return [(t.prompt["text"], t.response["text"]) for t in self.turns() if t.response]
+
+    def replies_served(self) -> list[str]:
+        """The LLM's replies in the turns that finished, in order: what a replay serves. A
+        turn cut off by a crash was asked again after --resume; its calls would shift the rest."""
+        return [
+            str(call.get("response", "")) for t in self.turns() if t.response for call in t.calls
+        ]
+
+    def usage(self) -> Usage:
+        """All recorded LLM calls."""
+        return Usage.of(self.entries("llm_call"))
+
+    def attempts(self) -> list[Attempt]:
+        """Every finished attempt of a run, in order (see Attempt)."""
+        entries = self.entries()
+        done = [e for e in entries if e.get("kind") == "run_done"]
+        latest = {e["run_name"]: e["seq"] for e in done}
+        attempts = []
+        for i, entry in enumerate(done):
+            start = done[i - 1]["seq"] if i else -1
+            end = done[i + 1]["seq"] if i + 1 < len(done) else math.inf
+            during = [e for e in entries if start < e["seq"] < entry["seq"]]
+            after = [e for e in entries if entry["seq"] < e["seq"] < end]
+            attempts.append(
+                Attempt(
+                    entry,
+                    _last(during, "run", entry["run_name"]),
+                    _last(during, "verdict", entry["run_name"]),
+                    _last(after, "response"),
+                    latest[entry["run_name"]] != entry["seq"],
+                )
+            )
+        return attempts
+
+    def passed_runs(self) -> list[str]:
+        """Names of the runs whose attempt passed, in order."""
+        return [e["run_name"] for e in self.entries("run_done") if e.get("status") == "ok"]
+
+    def failed_attempts(self) -> int:
+        """Attempts that crashed, timed out or failed validation."""
+        return sum(e.get("status") != "ok" for e in self.entries("run_done"))
+
+    def failures_of(self, run_name: str) -> int:
+        """Tries of `run_name` that did not pass: failed attempts and turns that changed nothing."""
+        return sum(
+            e.get("run_name") == run_name
+            and (e["kind"] == "skip" or (e["kind"] == "run_done" and e.get("status") != "ok"))
+            for e in self.entries()
+        )
+
+    def valid_verdicts(self) -> list[dict]:
+        """The verdicts of runs judged VALID, in order."""
+        return [e for e in self.entries("verdict") if e.get("ok")]
+
+    def run_seconds(self, since: datetime) -> list[float]:
+        """Seconds of each run attempt that began at or after `since`."""
+        return [e["seconds"] for e in self.since(since) if e.get("kind") == "run"]
+
+    def span(self) -> tuple[datetime, datetime] | None:
+        """When the first and the last entry were written (None for an empty journal)."""
+        entries = self.entries()
+        return (stamp(entries[0]), stamp(entries[-1])) if entries else None
+
+    def wall_seconds(self) -> float:
+        """From the first entry to the last (nan for an empty journal)."""
+        span = self.span()
+        return (span[1] - span[0]).total_seconds() if span else math.nan
+
+    def loop_seconds(self) -> float:
+        """From the loop's start to its end (nan until it has ended)."""
+        start, end = self.started, self.ended
+        return (stamp(end) - stamp(start)).total_seconds() if start and end else math.nan
+
+    # ---- the file ------------------------------------------------------------------------
 
     def _read(self) -> list[dict]:
         if not self.path.exists():
@@ -72,7 +271,8 @@ class Journal:
             except json.JSONDecodeError:
                 entry = None
             if not isinstance(entry, dict):
-                log.warning("%s line %d is torn or corrupt; skipped", self.path, number)
+                if not self.read_only:
+                    log.warning("%s line %d is torn or corrupt; skipped", self.path, number)
                 continue
             entries.append(entry)
         return entries
@@ -90,6 +290,13 @@ class Journal:
                 os.fsync(f.fileno())
         seqs = [e["seq"] for e in self._read() if isinstance(e.get("seq"), int)]
         return max(seqs, default=-1) + 1
+
+
+def _last(entries: list[dict], kind: str, run_name: str | None = None) -> dict | None:
+    for entry in reversed(entries):
+        if entry.get("kind") == kind and run_name in (None, entry.get("run_name")):
+            return entry
+    return None
 
 
 def _fsync_dir(path: Path) -> None:

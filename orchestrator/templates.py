@@ -161,6 +161,22 @@ def resolve_python(spec: TemplateSpec) -> str:
     return sys.executable if spec.python == "current" else envs.lab_python()
 
 
+def expand_command(
+    parts: list[str], spec: TemplateSpec, out_dir: str = "", **more: str
+) -> list[str]:
+    """A template command with {python}, {profile}, {out_dir} and any `more` filled in
+    (`python=` in `more` shows the command without resolving the interpreter)."""
+    values = {"profile": spec.profile, "out_dir": out_dir} | more
+    if "python" not in values:
+        values["python"] = resolve_python(spec)
+    expanded = []
+    for part in parts:
+        for name, value in values.items():
+            part = part.replace(f"{{{name}}}", value)
+        expanded.append(part)
+    return expanded
+
+
 def _typed(raw: dict, field: str, kind: type | tuple, bad: Bad, default: Any = ...) -> Any:
     if field not in raw or raw[field] is None:
         if default is ...:

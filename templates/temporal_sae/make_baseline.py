@@ -27,10 +27,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import referee
-from orchestrator.noise import write_noise
+from orchestrator.report.noise import write_noise
 from orchestrator.templates import Rule, TemplateSpec, load_template
-from orchestrator.validate import Verdict, validate_run
+from orchestrator.trust import referee
+from orchestrator.trust.validate import Verdict, validate_run
 from saelab.artifact import FILES
 from saelab.referee import TWIN_DIR
 

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 LABELS: dict[str, str] = {}  # run dir -> legend label, e.g. {"run_0": "baseline"}
 OUT = Path("plots")  # the only place the plot command may write (it runs sandboxed)
-NOISE_FACTOR = 2  # as orchestrator/noise.py: within 2 spreads = within seed noise
+NOISE_FACTOR = 2  # as orchestrator/report/noise.py: within 2 spreads = within seed noise
 EV_PATH = "core.eval_result_metrics.reconstruction_quality.explained_variance"
 L0_PATH = "core.eval_result_metrics.sparsity.l0"
 

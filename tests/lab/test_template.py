@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from orchestrator.templates import load_template
-from orchestrator.validate import validate_result, validate_run
+from orchestrator.trust.validate import validate_result, validate_run
 from saelab.evals import EVALS, Normalized, run_evals
 from saelab.profiles import profile
 from saelab.referee import measure

@@ -10,24 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.llm import PROVIDER_DEFAULTS
-from orchestrator.replay_server import ReplayServer
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-TEMPLATES = FIXTURES / "templates"
-IDEAS = FIXTURES / "ideas"
-IDEA = "tiny_lr"
-SCRIPTED_MODEL = "openai/scripted"
-
-
-def edit_reply(summary: str, *edits: tuple[str, str, str], tail: str = "") -> str:
-    """An assistant message in aider's diff format: a summary line, then one SEARCH/REPLACE
-    block per (file, search, replace)."""
-    blocks = [
-        f"{path}\n```python\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE\n```"
-        for path, search, replace in edits
-    ]
-    return "\n\n".join([summary, *blocks, tail]).strip() + "\n"
+from orchestrator.agent.llm import PROVIDER_DEFAULTS
+from orchestrator.agent.replay_server import ReplayServer
+from tests.orchestrator.helpers import IDEA, IDEAS, REPO, SCRIPTED_MODEL, TEMPLATES, edit_reply
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +31,7 @@ def _quiet_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture
 def launch_args(tmp_path: Path) -> Callable[..., list[str]]:
     """The launch_scientist.py command line for the tiny idea, results under tmp_path."""
-    script = Path(__file__).resolve().parents[2] / "launch_scientist.py"
+    script = REPO / "launch_scientist.py"
 
     def args(*extra: str) -> list[str]:
         dirs = ["--results-dir", str(tmp_path / "results"), "--template-dir", str(TEMPLATES)]
@@ -78,11 +63,11 @@ def scripted() -> Iterator[Callable[[list[str]], ReplayServer]]:
 @pytest.fixture
 def run_loop(tmp_path: Path, scripted: Callable) -> Callable[..., tuple[Path, ReplayServer]]:
     """Run the real loop on the tiny template against scripted replies (in this process)."""
-    from orchestrator import loop
+    from orchestrator import loop, session
 
     def go(responses: list[str], **overrides: object) -> tuple[Path, ReplayServer]:
         server = scripted(responses)
-        settings = loop.Settings(
+        settings = session.Settings(
             idea=IDEA,
             model=SCRIPTED_MODEL,
             api_base=server.url,

@@ -1,15 +1,32 @@
-"""Shared factories for the orchestrator tests. Names prefixed `core_` belong to the tests of
-templates / runner / validate / journal / report."""
+"""Shared factories and paths for the orchestrator tests (fixtures live in conftest.py). Names
+prefixed `core_` belong to the tests of templates / runner / validate / journal / report."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.journal import Journal
 from orchestrator.templates import TemplateSpec, load_template
 
 REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TEMPLATES = FIXTURES / "templates"
+IDEAS = FIXTURES / "ideas"
+IDEA = "tiny_lr"
+SCRIPTED_MODEL = "openai/scripted"
+
+
+def edit_reply(summary: str, *edits: tuple[str, str, str], tail: str = "") -> str:
+    """An assistant message in aider's diff format: a summary line, then one SEARCH/REPLACE
+    block per (file, search, replace)."""
+    blocks = [
+        f"{path}\n```python\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE\n```"
+        for path, search, replace in edits
+    ]
+    return "\n\n".join([summary, *blocks, tail]).strip() + "\n"
 
 
 def core_template_json(**overrides: Any) -> dict:
@@ -63,3 +80,39 @@ def core_write_run(workspace: Path, name: str, result: dict | None) -> Path:
     if result is not None:
         (run_dir / "final_info.json").write_text(json.dumps(result))
     return run_dir
+
+
+# ---- the loop tests: journal reads, knob edits of the tiny experiment, polling ----------
+
+
+EXPERIMENT = TEMPLATES / "tiny" / "experiment.py"
+
+
+def kinds(ws: Path, kind: str) -> list[dict]:
+    return Journal(ws / "journal.jsonl").entries(kind)
+
+
+def statuses(ws: Path) -> list[tuple[str, str]]:
+    return [(e["run_name"], e["status"]) for e in kinds(ws, "run_done")]
+
+
+def knob(name: str, value: str, was: str | None = None) -> tuple[str, str, str]:
+    """A SEARCH/REPLACE edit setting one knob of the tiny experiment (whole lines, as aider
+    needs), from the template's value or from `was`."""
+    line = next(x for x in EXPERIMENT.read_text().splitlines() if x.startswith(f"{name} = "))
+    comment = line.split("#", 1)[1]
+    old = line if was is None else f"{name} = {was}  #{comment}"
+    return ("experiment.py", old, f"{name} = {value}  #{comment}")
+
+
+def set_knob(reply, summary: str, name: str, value: str, was: str | None = None) -> str:
+    return reply(summary, knob(name, value, was))
+
+
+def wait_for(probe, seconds: float):
+    """Poll `probe` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + seconds
+    while not (found := probe()):
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+    return found

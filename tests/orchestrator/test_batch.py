@@ -13,15 +13,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import IDEAS as IDEAS_DIR
-from conftest import TEMPLATES
-from test_loop_e2e import wait_for
 
-from orchestrator import batch, noise, summary
+from orchestrator import batch
 from orchestrator.journal import Journal
+from orchestrator.report import noise, summary
 from orchestrator.templates import load_template
+from tests.orchestrator.helpers import IDEAS as IDEAS_DIR
+from tests.orchestrator.helpers import REPO, TEMPLATES, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 IDEAS = ("tiny_lr", "tiny_fast", "tiny_crash")
 BATCH = ("--max-runs", "1", "--max-iters", "2")
 EXPERIMENT = TEMPLATES / "tiny/experiment.py"

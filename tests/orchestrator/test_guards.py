@@ -8,25 +8,25 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import IDEA, IDEAS, TEMPLATES
-from test_loop_e2e import kinds, set_knob, statuses
 
-from orchestrator import agent, loop
-from orchestrator.workspace import Workspace
+from orchestrator import loop, session
+from orchestrator.agent import coder
+from orchestrator.trust.workspace import Workspace
+from tests.orchestrator.helpers import IDEA, IDEAS, TEMPLATES, kinds, set_knob, statuses
 
 
 def interrupt_turn(monkeypatch: pytest.MonkeyPatch, number: int) -> None:
     """Ctrl-C as agent turn `number` (1-based) begins, before its LLM call; later turns run."""
-    real_turn, calls = agent.Agent.turn, []
+    real_turn, calls = coder.Agent.turn, []
 
-    def turn(self: agent.Agent, message: str) -> str:
+    def turn(self: coder.Agent, message: str) -> str:
         calls.append(message)
         if len(calls) == number:
-            monkeypatch.setattr(agent.Agent, "turn", real_turn)
+            monkeypatch.setattr(coder.Agent, "turn", real_turn)
             raise KeyboardInterrupt
         return real_turn(self, message)
 
-    monkeypatch.setattr(agent.Agent, "turn", turn)
+    monkeypatch.setattr(coder.Agent, "turn", turn)
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -53,7 +53,7 @@ def test_a_bad_baseline_stops_the_loop_with_one_line_and_no_workspace(
     else:
         result.write_text(json.dumps({**json.loads(result.read_text()), "training_steps": 0}))
         problem = "training_steps = 0 violates 'training_steps > 0'"
-    with pytest.raises(loop.LoopError, match="is missing or invalid") as err:
+    with pytest.raises(session.LoopError, match="is missing or invalid") as err:
         run_loop([reply("unused")], templates_dir=templates)
     assert problem in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
@@ -69,7 +69,7 @@ def test_resume_after_a_passed_run_continues_at_the_next_run(
     assert statuses(ws) == [("run_1", "ok")]
     run_1 = snapshot(ws / "run_1")
 
-    loop.run(loop.Settings(resume=ws, live=False, allow_dirty_code=True))
+    loop.run(session.Settings(resume=ws, live=False, allow_dirty_code=True))
     assert statuses(ws) == [("run_1", "ok"), ("run_2", "ok")]
     assert snapshot(ws / "run_1") == run_1  # not run again, not deleted
     run_2 = json.loads((ws / "run_2/final_info.json").read_text())
@@ -88,7 +88,7 @@ def test_a_resumed_replay_equals_an_uninterrupted_one(run_loop, reply, monkeypat
     with pytest.raises(KeyboardInterrupt):
         run_loop([], **offline)
     (cut,) = [ws for ws in (tmp_path / "results").iterdir() if ws != whole]
-    loop.run(loop.Settings(resume=cut, live=False, allow_dirty_code=True))
+    loop.run(session.Settings(resume=cut, live=False, allow_dirty_code=True))
 
     assert Workspace.open(cut).patches() == Workspace.open(whole).patches()
     assert len(Workspace.open(whole).patches()) == 2

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import llm
+from orchestrator.agent import llm
 from orchestrator.ideas import IdeaError, list_ideas, load_idea, load_playbook
-
-IDEAS = Path(__file__).parent / "fixtures" / "ideas"
+from tests.orchestrator.helpers import IDEAS
 
 
 def write_idea(tmp_path: Path, name: str, **fields) -> Path:

@@ -7,9 +7,8 @@ import subprocess
 import sys
 from datetime import datetime
 
-from helpers import REPO
-
 from orchestrator.journal import Journal
+from tests.orchestrator.helpers import REPO
 
 
 def test_append_adds_seq_and_utc_timestamp_and_reads_back(tmp_path):

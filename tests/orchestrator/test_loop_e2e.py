@@ -6,40 +6,25 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import git
 import pytest
 
-from orchestrator import sandbox
+from orchestrator.agent.replay_server import END_MARKER
 from orchestrator.journal import Journal
-from orchestrator.replay_server import END_MARKER
-from orchestrator.workspace import Workspace
-
-REPO = Path(__file__).resolve().parents[2]
-EXPERIMENT = Path(__file__).parent / "fixtures/templates/tiny/experiment.py"
-
-
-def kinds(ws: Path, kind: str) -> list[dict]:
-    return Journal(ws / "journal.jsonl").entries(kind)
-
-
-def statuses(ws: Path) -> list[tuple[str, str]]:
-    return [(e["run_name"], e["status"]) for e in kinds(ws, "run_done")]
-
-
-def knob(name: str, value: str, was: str | None = None) -> tuple[str, str, str]:
-    """A SEARCH/REPLACE edit setting one knob of the tiny experiment (whole lines, as aider
-    needs), from the template's value or from `was`."""
-    line = next(x for x in EXPERIMENT.read_text().splitlines() if x.startswith(f"{name} = "))
-    comment = line.split("#", 1)[1]
-    old = line if was is None else f"{name} = {was}  #{comment}"
-    return ("experiment.py", old, f"{name} = {value}  #{comment}")
-
-
-def set_knob(reply, summary: str, name: str, value: str, was: str | None = None) -> str:
-    return reply(summary, knob(name, value, was))
+from orchestrator.trust import sandbox
+from orchestrator.trust.workspace import Workspace
+from tests.orchestrator.helpers import (
+    EXPERIMENT,
+    REPO,
+    TEMPLATES,
+    kinds,
+    knob,
+    set_knob,
+    statuses,
+    wait_for,
+)
 
 
 def test_clean_two_run_loop_commits_each_edit(run_loop, reply):
@@ -119,9 +104,7 @@ def test_zero_training_steps_is_invalid_and_run_number_stays(run_loop, reply):
 
 
 def test_protected_file_edit_is_reverted_and_agent_told(run_loop, reply):
-    pristine = (
-        ws_template := Path(__file__).parent / "fixtures/templates/tiny/template.json"
-    ).read_bytes()
+    pristine = (ws_template := TEMPLATES / "tiny" / "template.json").read_bytes()
     responses = [
         reply(
             "More steps, and a longer timeout.",
@@ -199,15 +182,6 @@ def test_no_llm_configured_runs_the_playbook_loudly(run_loop):
     assert kinds(ws, "start")[0]["llm_source"].startswith("playbook")
 
 
-def wait_for(probe, seconds: float):
-    """Poll `probe` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + seconds
-    while not (found := probe()):
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
-    return found
-
-
 def _group_exists(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -263,22 +237,23 @@ def test_resume_after_sigkill_mid_run_loses_nothing(tmp_path, scripted, reply, l
 
 
 def test_ctrl_c_in_agent_turn_then_resume_asks_again(run_loop, reply, monkeypatch, tmp_path):
-    from orchestrator import agent, loop
+    from orchestrator import loop, session
+    from orchestrator.agent import coder
 
-    real_turn = agent.Agent.turn
+    real_turn = coder.Agent.turn
 
     def interrupted_turn(self, message):
-        monkeypatch.setattr(agent.Agent, "turn", real_turn)
+        monkeypatch.setattr(coder.Agent, "turn", real_turn)
         (self.workspace / "experiment.py").write_text("half-applied edit")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(agent.Agent, "turn", interrupted_turn)
+    monkeypatch.setattr(coder.Agent, "turn", interrupted_turn)
     with pytest.raises(KeyboardInterrupt):
         run_loop([set_knob(reply, "More steps.", "steps", "300")], max_runs=1)
     (ws,) = (tmp_path / "results").iterdir()
     assert [e["kind"] for e in Journal(ws / "journal.jsonl").entries()][-1] == "prompt"
 
-    assert loop.run(loop.Settings(resume=ws, live=False, allow_dirty_code=True)) == ws
+    assert loop.run(session.Settings(resume=ws, live=False, allow_dirty_code=True)) == ws
     prompts = kinds(ws, "prompt")
     assert prompts[0]["text"] == prompts[1]["text"]  # the cut-off turn is asked again
     assert statuses(ws) == [("run_1", "ok")]
@@ -305,7 +280,7 @@ def _text(chunk, stream: bool) -> str:
 
 
 def test_resume_killed_after_the_closing_commit_just_ends(run_loop, reply):
-    from orchestrator import loop
+    from orchestrator import loop, session
 
     notes = ("notes.txt", "Notes on the tiny experiment.", "300 steps: same loss.")
     responses = [
@@ -318,7 +293,7 @@ def test_resume_killed_after_the_closing_commit_just_ends(run_loop, reply):
     assert json.loads(lines[-1])["kind"] == "end" and json.loads(lines[-2])["kind"] == "commit"
     journal.write_text("".join(lines[:-1]))  # as if killed right after the commit
 
-    loop.run(loop.Settings(resume=ws, live=False, allow_dirty_code=True))
+    loop.run(session.Settings(resume=ws, live=False, allow_dirty_code=True))
     steps = [e["kind"] for e in Journal(journal).entries()]
     assert steps[-3:] == ["commit", "setup", "end"]  # the resume re-checked the caches only
     assert kinds(ws, "end")[-1]["reason"] == "agent answered ALL_COMPLETED"
@@ -343,27 +318,27 @@ def test_setup_runs_first_and_the_phase_table_adds_up(run_loop, reply, capfd):
 def test_failing_setup_is_one_line_and_creates_no_workspace(tmp_path, run_loop, reply):
     import shutil
 
-    from orchestrator import loop
+    from orchestrator import session
 
     templates = tmp_path / "templates"
     shutil.copytree(EXPERIMENT.parent, templates / "tiny")
     raw = json.loads((templates / "tiny/template.json").read_text())
     raw["setup_command"] = ["{python}", "-c", "import sys; sys.exit(3)"]
     (templates / "tiny/template.json").write_text(json.dumps(raw))
-    with pytest.raises(loop.LoopError, match=r"lab setup failed \(exit 3") as err:
+    with pytest.raises(session.LoopError, match=r"lab setup failed \(exit 3") as err:
         run_loop([reply("unused")], templates_dir=templates)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
 
 
 def test_the_same_command_again_finds_the_unfinished_workspace(run_loop, reply, tmp_path):
-    from orchestrator import loop
+    from orchestrator import session
 
     ws, _ = run_loop([reply("Done.", tail="ALL_COMPLETED")], max_runs=1)
     results = tmp_path / "results"
-    assert loop.find_unfinished(results, "tiny_lr") is None  # it ended
+    assert session.find_unfinished(results, "tiny_lr") is None  # it ended
     journal = ws / "journal.jsonl"
     lines = journal.read_text().splitlines(keepends=True)
     journal.write_text("".join(line for line in lines if '"kind": "end"' not in line))
-    assert loop.find_unfinished(results, "tiny_lr") == ws  # as after Ctrl-C
-    assert loop.find_unfinished(results, "other_idea") is None
+    assert session.find_unfinished(results, "tiny_lr") == ws  # as after Ctrl-C
+    assert session.find_unfinished(results, "other_idea") is None

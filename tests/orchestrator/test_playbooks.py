@@ -16,9 +16,9 @@ from aider.coders.editblock_coder import DEFAULT_FENCE, do_replace, find_origina
 from orchestrator.envs import lab_python
 from orchestrator.ideas import available, load_idea, load_playbook, playbook_path
 from orchestrator.templates import load_template
-from orchestrator.validate import validate_run
+from orchestrator.trust.validate import validate_run
+from tests.orchestrator.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "templates" / "temporal_sae"
 IDEAS = available()
 EDITED = "experiment.py"

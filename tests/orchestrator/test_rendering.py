@@ -10,36 +10,26 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from orchestrator import loop
+from orchestrator import prompts
 from orchestrator.ideas import load_idea
 from orchestrator.journal import Journal
-from orchestrator.report import write_notes
-from orchestrator.runner import RunResult
+from orchestrator.report.notes import write_notes
 from orchestrator.templates import load_template
-from orchestrator.validate import validate_run
+from orchestrator.trust.runner import RunResult
+from orchestrator.trust.validate import validate_run
+from tests.orchestrator.helpers import FIXTURES, REPO
 
-GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
-IDEAS = Path(__file__).resolve().parents[2] / "ideas"
+GOLDEN = FIXTURES / "golden"
+IDEAS = REPO / "ideas"
 
 
 def rendered(ws: Path) -> dict[str, str]:
     """Each prompt and notes.txt for the fixture workspace `ws`."""
     spec = load_template(ws)
     idea = load_idea("temporal_sae", IDEAS)
-    settings = loop.Settings(max_runs=2)
-    session = SimpleNamespace(
-        ws=SimpleNamespace(root=ws),
-        spec=spec,
-        idea=idea,
-        settings=settings,
-        run_number=2,
-        failures=1,
-        run_name="run_2",
-    )
     crash = RunResult(
         returncode=1,
         timed_out=False,
@@ -50,24 +40,13 @@ def rendered(ws: Path) -> dict[str, str]:
     )
     verdict = validate_run(ws / "run_1", spec)
     texts = {
-        "opening.txt": loop._opening_prompt(session),
-        "after_run.txt": loop._after_run_prompt(session, "run_1", verdict),
-        "failure.txt": loop._failure_prompt(session, "run_1", "exit code 1", None, crash),
-        "invalid.txt": loop._failure_prompt(session, "run_1", "INVALID result", verdict, crash),
-        "no_change.txt": loop._render(
-            "no_change.j2",
-            editable=spec.editable_files,
-            attempt=1,
-            max_iters=4,
-            run_name="run_2",
-            end_marker="ALL_COMPLETED",
-        ),
-        "guard.txt": loop._render(
-            "guard.j2",
-            where="run_1 (the experiment itself)",
-            changes="modified: run_0/x",
-            editable=spec.editable_files,
-            run_outputs=True,
+        "opening.txt": prompts.opening(ws, spec, idea, 2, 4, spec.timeout_seconds),
+        "after_run.txt": prompts.after_run(ws, spec, "run_1", verdict, "run_2", 1),
+        "failure.txt": prompts.failure(spec, "run_1", 1, 4, "exit code 1", None, crash),
+        "invalid.txt": prompts.failure(spec, "run_1", 1, 4, "INVALID result", verdict, crash),
+        "no_change.txt": prompts.no_change(spec, "run_2", 1, 4),
+        "guard.txt": prompts.guard(
+            spec, "run_1 (the experiment itself)", "modified: run_0/x", True
         ),
     }
     journal = Journal(ws / "journal.jsonl")

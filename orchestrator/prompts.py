@@ -1,0 +1,142 @@
+"""The prompts the agent gets and the commit messages of its edits, rendered by text/.
+
+Every number a prompt quotes is read from the run's files as validated (the lab's measurements,
+or facts the experiment reported, tagged), never from the LLM's prose.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from orchestrator.agent.replay_server import END_MARKER
+from orchestrator.ideas import Idea
+from orchestrator.report import noise
+from orchestrator.templates import TemplateSpec, expand_command
+from orchestrator.text import render
+from orchestrator.trust.validate import Verdict, validate_run
+
+FACTS_CHARS = 1500  # cap on the top-level facts of final_info.json quoted in prompts
+SUMMARY_CHARS = 72  # commit subject length
+EDIT_FENCES = ("```", "<<<<<<<", "=======", ">>>>>>>")  # lines of an edit block, not prose
+
+
+def opening(
+    workspace: Path, spec: TemplateSpec, idea: Idea, max_runs: int, max_iters: int, timeout: float
+) -> str:
+    """The first prompt: the idea, the template, the baseline's numbers and the rules."""
+    verdict = validate_run(workspace / spec.baseline_run, spec)
+    return render(
+        "opening.j2",
+        title=idea.title,
+        experiment=idea.experiment,
+        template_description=spec.description,
+        editable=spec.editable_files,
+        baseline=spec.baseline_run,
+        metrics=verdict.metrics,
+        facts=facts(workspace / spec.baseline_run, spec),
+        max_runs=max_runs,
+        run_command=" ".join(display_command(spec, "run_i")),
+        timeout=f"{timeout:.0f}",
+        result_file=spec.result_file,
+        rules=[f"{r.describe()}" + (f"  ({r.message})" if r.message else "") for r in spec.rules],
+        max_iters=max_iters,
+    )
+
+
+def after_run(
+    workspace: Path, spec: TemplateSpec, name: str, verdict: Verdict, next_run: str, left: int
+) -> str:
+    """After a VALID run: its numbers against the baseline's seed band, and what to do next
+    (`left` runs remain, the next being `next_run`)."""
+    return render(
+        "after_run.j2",
+        run_name=name,
+        result_file=spec.result_file,
+        metrics=noise.against_baseline(workspace, spec, verdict.metrics),
+        facts=facts(workspace / name, spec),
+        notes_file="notes.txt" if "notes.txt" in spec.editable_files else None,
+        next_run=next_run if left > 0 else None,
+        runs_left=left,
+        end_marker=END_MARKER,
+    )
+
+
+def failure(
+    spec: TemplateSpec,
+    name: str,
+    attempt: int,
+    max_iters: int,
+    reason: str,
+    verdict: Verdict | None,
+    result: Any,
+) -> str:
+    """After a crash, timeout or INVALID verdict: why, and the logs' last lines."""
+    return render(
+        "failure.j2",
+        run_name=name,
+        attempt=attempt,
+        max_iters=max_iters,
+        reason=reason,
+        verdict=verdict.summary() if verdict else None,
+        result_file=spec.result_file,
+        stderr=result.stderr_tail.strip(),
+        stdout=result.stdout_tail.strip(),
+        editable=spec.editable_files,
+    )
+
+
+def no_change(spec: TemplateSpec, name: str, attempt: int, max_iters: int) -> str:
+    """After a turn that changed none of the editable files."""
+    return render(
+        "no_change.j2",
+        editable=spec.editable_files,
+        attempt=attempt,
+        max_iters=max_iters,
+        run_name=name,
+        end_marker=END_MARKER,
+    )
+
+
+def guard(spec: TemplateSpec, where: str, changes: str, run_outputs: bool) -> str:
+    """The notice that protected files were changed and restored."""
+    return render(
+        "guard.j2",
+        where=where,
+        changes=changes,
+        editable=spec.editable_files,
+        run_outputs=run_outputs,
+    )
+
+
+def commit_message(label: str, failures: int, reply: str) -> str:
+    """'<label>: <the agent's one-line summary>' (its first line of prose)."""
+    summary = next(
+        (
+            line.strip("#*> ").strip()
+            for line in reply.splitlines()
+            if line.strip() and not line.lstrip().startswith(EDIT_FENCES)
+        ),
+        "(no summary)",
+    )
+    if len(summary) > SUMMARY_CHARS:
+        summary = summary[: SUMMARY_CHARS - 3] + "..."
+    attempt = f" (attempt {failures + 1})" if failures else ""
+    return f"{label}{attempt}: {summary}"
+
+
+def facts(run_dir: Path, spec: TemplateSpec) -> str:
+    """The top-level scalars of a run's result file, as recorded (never the LLM's numbers)."""
+    try:
+        data = json.loads((run_dir / spec.result_file).read_text())
+    except (OSError, json.JSONDecodeError):
+        return ""
+    scalars = {k: v for k, v in data.items() if isinstance(v, str | int | float | bool)}
+    text = json.dumps(scalars)
+    return text if len(text) <= FACTS_CHARS else text[:FACTS_CHARS] + " ..."
+
+
+def display_command(spec: TemplateSpec, out_dir: str) -> list[str]:
+    """The run command as the agent sees it (`python`, not the lab venv's path)."""
+    return expand_command(spec.run_command, spec, out_dir, python="python")

@@ -1,0 +1,64 @@
+"""The loop's last word: notes.txt, the plots, the runs table and the time by phase."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.journal import Journal, Usage
+from orchestrator.report import noise
+from orchestrator.report.notes import write_notes
+from orchestrator.report.plots import make_plots
+from orchestrator.report.records import RunRecord, collect_runs
+from orchestrator.report.timing import Phases, phase_table
+from orchestrator.templates import TemplateSpec
+
+
+def close(
+    workspace: Path,
+    spec: TemplateSpec,
+    journal: Journal,
+    idea: Mapping,
+    banner: str | None,
+    phases: Phases,
+    console: Console,
+    live: bool,
+) -> None:
+    """Write notes.txt and the plots, then print the runs table and the time by phase."""
+    began = time.perf_counter()
+    notes = write_notes(workspace, spec, journal, idea, replay_banner=banner)
+    plots = make_plots(workspace, spec, journal, live=live)
+    runs = collect_runs(workspace, spec, journal)
+    table = runs_table(runs, journal.usage(), journal.loop_seconds())
+    phases.notes_and_plots = time.perf_counter() - began
+    console.print(table)
+    console.print(f"notes: {notes}")
+    for plot in plots:
+        console.print(f"plot: {plot}")
+    console.print(phase_table(phases.seconds(journal)))
+
+
+def runs_table(runs: list[RunRecord], usage: Usage, wall_seconds: float) -> Table:
+    """The closing table: one column per run attempt, one row per key metric, totals below.
+
+    Runs as columns keep it readable at 80 columns with a dozen metrics; numbers are shown to
+    4 significant digits here (notes.txt has them in full).
+    """
+    names = list(dict.fromkeys(name for run in runs for name in run.metrics))
+    table = Table(
+        title="Runs",
+        caption=f"{usage.tokens:,} LLM tokens, ${usage.cost:.4f}, wall {wall_seconds / 60:.1f} min",
+    )
+    table.add_column("")
+    for run in runs:
+        table.add_column(run.name + (f" #{run.attempt}" if run.attempt else ""), justify="right")
+    verdicts = [f"[{'green' if run.status == 'ok' else 'red'}]{run.label}[/]" for run in runs]
+    table.add_row("verdict", *verdicts)
+    table.add_row("seconds", *("" if r.seconds is None else f"{r.seconds:.0f}" for r in runs))
+    for name in names:
+        table.add_row(name, *(noise.short(run.metrics.get(name)) for run in runs))
+    return table
