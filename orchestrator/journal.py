@@ -159,10 +159,11 @@ class Journal:
         """The entries written at or after `when`."""
         return [e for e in self.entries() if stamp(e) >= when]
 
-    def last_step(self) -> dict | None:
-        """The last entry that moves the loop's state machine (see STEP_KINDS)."""
+    def last_step(self) -> tuple[str, dict]:
+        """(kind, entry) of the last entry that moves the loop's state machine (STEP_KINDS);
+        ("start", {}) before the first."""
         steps = [e for e in self.entries() if e.get("kind") in STEP_KINDS]
-        return steps[-1] if steps else None
+        return (steps[-1]["kind"], steps[-1]) if steps else ("start", {})
 
     # ---- named queries -------------------------------------------------------------------
 

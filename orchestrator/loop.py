@@ -92,8 +92,7 @@ def run(settings: Settings) -> Path:
 
 def _pending_step(session: Session) -> Step:
     """What to do next, from the last journaled step (see the module docstring)."""
-    last = session.journal.last_step() or {"kind": "start"}
-    kind = last["kind"]
+    kind, last = session.journal.last_step()
     if kind == "start":
         return Step("ask", _opening_prompt(session))
     if kind == "prompt":
