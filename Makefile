@@ -3,7 +3,7 @@ PY ?= python3
 ORCH := .venvs/orch/bin/python
 LAB := .venvs/lab/bin/python
 
-.PHONY: setup test lint run baseline bench
+.PHONY: setup test mutations lint run baseline bench
 
 setup:
 	$(PY) -m orchestrator.envs
@@ -14,6 +14,11 @@ test: setup
 	$(ORCH) -m pytest tests/orchestrator -q; orch=$$?; \
 	echo "lab tests exit $$lab, orchestrator tests exit $$orch"; \
 	test $$lab -eq 0 -a $$orch -eq 0
+
+# Break each guard in a copy of the tree and run the tests that must notice (benchmarks/mutations.py):
+# fails on a survivor, a stale entry or a broken mutation, so the table cannot rot. CI runs it.
+mutations: setup
+	$(ORCH) benchmarks/mutations.py
 
 lint: setup
 	$(ORCH) -m ruff check .

@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -292,7 +293,8 @@ def show(outcomes: list[Outcome], markdown: bool) -> None:
     )
 
 
-def main() -> None:
+def main() -> int:
+    """Exit status 1 when a mutation survived, is stale or could not run: the table must not rot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="run only these mutations (default: all)")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
@@ -308,14 +310,15 @@ def main() -> None:
         for m in chosen:
             found = (REPO / m.file).read_text().count(m.original)
             print(f"{m.name:24} {m.file:28} {'' if found == 1 else 'STALE '}{m.guard}")
-        return
+        return 0
     baseline_passes(chosen, args.timeout)
     outcomes = []
     for m in chosen:
         outcomes.append(try_mutation(m, args.timeout))
         print(f"{m.name}: {outcomes[-1].result} ({outcomes[-1].seconds:.0f} s)", flush=True)
     show(outcomes, args.markdown)
+    return int(any(o.result != "caught" for o in outcomes))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
