@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import loop, session
+from orchestrator import session
 from orchestrator.journal import Journal
-from orchestrator.trust import sandbox
+from orchestrator.trust import judge, sandbox
 from orchestrator.trust.sandbox import Protections
 from tests.orchestrator.helpers import REPO, TEMPLATES
 
@@ -213,7 +213,7 @@ def test_missing_sandbox_is_said_and_require_sandbox_refuses(run_loop, reply, mo
 
 
 def test_uncommitted_lab_code_is_refused_in_one_line(run_loop, reply, monkeypatch):
-    monkeypatch.setattr(loop, "dirty_code", lambda project: ["saelab/evals/core.py"])
+    monkeypatch.setattr(session, "dirty_code", lambda project: ["saelab/evals/core.py"])
     with pytest.raises(session.LoopError, match=r"uncommitted changes \(saelab/evals/core.py\)"):
         run_loop([attack(reply, "pass")], max_runs=1, allow_dirty_code=False)
 
@@ -227,7 +227,7 @@ def test_lab_code_changed_during_a_run_invalidates_it(run_loop, reply, monkeypat
     """Whatever changed it (a sandbox gap, a colleague's edit), a run measured by other code
     than the loop started with is not recorded as VALID."""
     versions = iter(range(1000))
-    monkeypatch.setattr(loop, "code_digest", lambda project: f"code-{next(versions)}")
+    monkeypatch.setattr(judge, "code_digest", lambda project: f"code-{next(versions)}")
     ws = one_run(run_loop, [attack(reply, "pass")])
     status, _ = outcome(ws)
     assert status == "invalid"
