@@ -54,8 +54,18 @@ def reference(caches) -> PCASAE:
 
 
 @pytest.fixture(scope="module")
-def reference_blocks(lm, caches, reference) -> dict[str, dict]:
-    return run_evals(reference, lm, LAYER, test_cache=caches[1], config=CONFIG, progress=False)
+def reference_run(lm, caches, reference) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The reference SAE's blocks and per-item values."""
+    items: dict = {}
+    blocks = run_evals(
+        reference, lm, LAYER, test_cache=caches[1], config=CONFIG, progress=False, items=items
+    )
+    return blocks, items
+
+
+@pytest.fixture(scope="module")
+def reference_blocks(reference_run) -> dict[str, dict]:
+    return reference_run[0]
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +205,10 @@ def test_clean_losses_and_answers_come_back_from_the_disk_cache(
     question = MCQuestion("Water is made of hydrogen and", [" oxygen", " gold"], 0, "retain", "x")
     first_core = core.downstream_metrics(reference, lm, LAYER, tokens, CONFIG)
     first_scores = unlearning._Scorer(lm, LAYER, [question], CONFIG)._scores(None)
-    assert {p.name for p in (tmp_cache / "evals").iterdir()} >= {"core_clean", "option_scores"}
+    assert {p.name for p in (tmp_cache / "evals").iterdir()} >= {
+        "core_clean_per_seq",
+        "option_scores",
+    }
 
     monkeypatch.setattr(common, "_MEMO", {})  # a new process: memory empty, disk warm
     monkeypatch.setattr(core, "_clean_and_ablation", lambda *a: pytest.fail("clean CE rerun"))
@@ -242,7 +255,7 @@ def _offset_acts(seed: int) -> Tensor:
 
 def test_explained_variance_is_measured_against_the_data_mean():
     """An SAE that only outputs the (training) mean explains nothing, whatever the offset."""
-    from saelab.evals.core import reconstruction_metrics
+    from saelab.evals.core import density_metrics, reconstruction_metrics
 
     acts = _offset_acts(0)
     train_mean = _offset_acts(1).flatten(0, 1).mean(0)
@@ -258,7 +271,10 @@ def test_explained_variance_is_measured_against_the_data_mean():
         assert out["reconstruction_quality"]["mse"] == pytest.approx(sq_err / x.numel())
         assert out["sparsity"]["l0"] == pytest.approx((f != 0).sum().item() / x.shape[0])
         dead_fraction = ((f != 0).sum(0) == 0).double().mean().item()
-        assert out["misc"]["frac_dead_latents"] == pytest.approx(dead_fraction)
+        assert out["frac_dead"] == pytest.approx(dead_fraction)
+        density = density_metrics(sae, acts, CONFIG)
+        assert density["misc"]["frac_dead_latents"] == pytest.approx(dead_fraction)
+        assert density["n_tokens"] == x.shape[0]
         if scale == 0.0:
             assert abs(ev) < 0.05 and dead_fraction == 1.0
         else:
@@ -287,3 +303,71 @@ def test_ce_and_kl_scores_are_one_for_a_perfect_sae_and_zero_for_ablation(lm, ca
         ce = out["model_performance_preservation"]["ce_loss_score"]
         kl = out["model_behavior_preservation"]["kl_div_score"]
         assert (ce, kl) == (pytest.approx(score, abs=1e-3), pytest.approx(score, abs=1e-3))
+
+
+class RateSAE:
+    """Latent j fires at token positions t with t % periods[j] == 0 (0: never): known rates."""
+
+    def __init__(self, d_in: int, periods: list[int]):
+        self.d_in, self.d_sae, self.periods = d_in, len(periods), periods
+
+    def encode(self, x: Tensor) -> Tensor:
+        t = torch.arange(x.shape[0] * x.shape[1]).view(x.shape[0], x.shape[1], 1)
+        periods = torch.tensor(self.periods)
+        return ((periods > 0) & (t % periods.clamp(min=1) == 0)).float()
+
+    def decode(self, f: Tensor) -> Tensor:
+        return torch.zeros(*f.shape[:-1], self.d_in)
+
+
+def test_dead_rare_and_dense_latents_and_their_histogram():
+    """Counted over up to density_tokens whole sequences, by the SAE alone."""
+    import dataclasses
+
+    from saelab.evals.core import density_metrics
+
+    acts = torch.zeros(64, 100, 4)  # 6,400 tokens, one batch of 64 sequences at the defaults
+    # rates: 0 (dead), 1/6400 (once: rare below 1e-3), 1/100, 1 (dense)
+    sae = RateSAE(4, [0, 6400, 100, 1])
+    config = dataclasses.replace(CONFIG, rare_threshold=1e-3, batch_size=64)
+    out = density_metrics(sae, acts, config)
+    assert out["n_tokens"] == 6400
+    assert out["misc"] == {
+        "frac_dead_latents": 0.25,
+        "frac_rare_latents": 0.25,
+        "frac_dense_latents": 0.25,
+    }
+    hist = out["histogram"]
+    assert hist["dead"] == 1 and sum(hist["counts"]) == 3
+    edges = hist["log10_edges"]
+    for rate in (1 / 6400, 1 / 100, 1.0):  # each live latent sits in the bin of its rate
+        lo = max(i for i, e in enumerate(edges[:-1]) if e <= torch.tensor(rate).log10())
+        assert hist["counts"][lo] >= 1
+    capped = density_metrics(sae, acts, dataclasses.replace(config, density_tokens=1600))
+    assert capped["n_tokens"] == 1600  # whole sequences up to the cap
+    assert capped["histogram"]["counts"] != hist["counts"]  # the rare one fires at 1/1,600 now
+
+
+def test_the_items_reproduce_every_metric_they_belong_to(reference_run):
+    """The items file is the referee's numbers, item by item: saelab.compare recomputes each
+    metric from it exactly (to the 7 digits the file keeps)."""
+    from saelab.compare import metric_value
+
+    blocks, items = reference_run
+    expected = {
+        "core.eval_result_metrics.reconstruction_quality.explained_variance",
+        "core.eval_result_metrics.sparsity.l0",
+        "core.eval_result_metrics.model_performance_preservation.ce_loss_score",
+        "core.eval_result_metrics.model_behavior_preservation.kl_div_score",
+        "sparse_probing.eval_result_metrics.sae.sae_test_accuracy",
+        "sparse_probing.eval_result_metrics.sae.sae_top_1_test_accuracy",
+        "unlearning.eval_result_metrics.unlearning.unlearning_score",
+        "temporal.eval_result_metrics.temporal.consistency_short",
+    }
+    assert expected <= set(items)
+    for path, entry in items.items():
+        value = blocks
+        for key in path.split("."):
+            value = value[key]
+        assert metric_value(entry) == pytest.approx(value, rel=1e-5, abs=1e-6), path
+        assert len({len(row) for row in entry["num"]}) == 1 and entry["items"], path
