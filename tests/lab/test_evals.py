@@ -371,3 +371,18 @@ def test_the_items_reproduce_every_metric_they_belong_to(reference_run):
             value = value[key]
         assert metric_value(entry) == pytest.approx(value, rel=1e-5, abs=1e-6), path
         assert len({len(row) for row in entry["num"]}) == 1 and entry["items"], path
+
+
+def test_feature_stability_is_normalised_against_random_init_of_the_same_shape():
+    """0 at the random-init floor, 1 for the same dictionary; the floor is measured per shape."""
+    from saelab.evals.temporal import _RandomDecoder, random_stability, stability_metrics
+
+    floor = random_stability(32, 96, 96)
+    assert 0.3 < floor < 0.8  # best of 96 random cosines in 32 dims
+    assert random_stability(640, 2560, 2560) == pytest.approx(0.14, abs=0.02)  # issue 20: 0.138
+    same = _RandomDecoder(32, 96, seed=5)
+    assert stability_metrics(same, same)["feature_stability_normalized"] == pytest.approx(1.0)
+    others = stability_metrics(_RandomDecoder(32, 96, seed=7), _RandomDecoder(32, 96, seed=8))
+    assert others["feature_stability_random"] == floor
+    assert others["feature_stability_normalized"] == pytest.approx(0.0, abs=0.05)
+    assert stability_metrics(same, None) == dict.fromkeys(others)
