@@ -72,8 +72,8 @@ class EvalConfig:
     probe_ks: tuple[int, ...] = (1, 2, 5, 10, 20)
     # unlearning: questions before keeping the known ones; half choose the intervention, half
     # report it (saelab.evals.unlearning)
-    unlearn_questions: int = 1024  # forget questions
-    unlearn_retain_n: int = 512  # retain questions
+    unlearn_questions: int = 512  # forget questions (~70% known: ~180 a half)
+    unlearn_retain_n: int = 256  # retain questions (~85% known)
     unlearn_batch_size: int = 32  # (question, option) rows per upper-layer pass: the head runs
     # only at the option's positions, so rows are cheap and bigger batches amortise the blocks
     unlearn_texts: int = 64  # forget / retain texts for latent firing frequencies

@@ -386,3 +386,21 @@ def test_feature_stability_is_normalised_against_random_init_of_the_same_shape()
     assert others["feature_stability_random"] == floor
     assert others["feature_stability_normalized"] == pytest.approx(0.0, abs=0.05)
     assert stability_metrics(same, None) == dict.fromkeys(others)
+
+
+def test_unlearning_chooses_on_one_half_and_reports_on_the_other(reference_blocks):
+    """SAEBench's split: the grid is scored on the select half only, the score on the report
+    half only; both halves hold every answer position (blocks of 4 alternate)."""
+    from saelab.evals.unlearning import HALF_BLOCK, QuestionSet
+
+    index = torch.arange(16)
+    select = (index // HALF_BLOCK) % 2 == 0
+    assert set((index[select] % 4).tolist()) == set((index[~select] % 4).tolist()) == {0, 1, 2, 3}
+    fake = QuestionSet.__new__(QuestionSet)
+    fake.questions, fake.known = [None] * 16, torch.ones(16, dtype=torch.bool)
+    halves = [set(fake.known_in(h).tolist()) for h in ("select", "report")]
+    assert not halves[0] & halves[1] and halves[0] | halves[1] == set(range(16))
+    m = metrics(reference_blocks, "unlearning", "unlearning")
+    assert m["n_forget_questions"] + m["n_forget_select"] <= CONFIG.unlearn_questions
+    for row in reference_blocks["unlearning"]["eval_result_details"]:
+        assert {"forget_retained_select", "retain_retained_select"} <= set(row)
