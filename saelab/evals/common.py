@@ -73,7 +73,10 @@ class EvalConfig:
     # unlearning: questions before keeping the known ones; half choose the intervention, half
     # report it (saelab.evals.unlearning)
     unlearn_questions: int = 512  # forget questions (~70% known: ~180 a half)
-    unlearn_retain_n: int = 256  # retain questions (~85% known)
+    unlearn_retain_n: int = 256  # retain questions (~92% known)
+    # known questions per domain the grid is tried on (the select half's first ones): every
+    # grid point reruns the upper layers on each row its clamp touches, so this caps its cost
+    unlearn_select_questions: int = 64
     unlearn_batch_size: int = 32  # (question, option) rows per upper-layer pass: the head runs
     # only at the option's positions, so rows are cheap and bigger batches amortise the blocks
     unlearn_texts: int = 64  # forget / retain texts for latent firing frequencies

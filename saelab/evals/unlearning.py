@@ -5,8 +5,9 @@ the options' log-likelihoods (SAEBench's mean_predicted_probs; with unlearn_form
 the mean over cyclic orderings of the letter probability). Only questions the clean model
 answers right (under every ordering) count ("known"). The questions are split in two halves,
 blocks of 4 alternating (every answer position in each half): the intervention grid is tried on
-the select half only, the chosen intervention is measured once on the report half (SAEBench
-picks on train and reports on test), so the score is not the best of 12 noisy draws.
+the select half only (its first unlearn_select_questions known questions per domain: the cost
+cap), the chosen intervention is measured once on the whole report half (SAEBench picks on
+train and reports on test), so the score is not the best of 12 noisy draws.
 
 Metrics (eval_result_metrics["unlearning"]), on the report half unless named _select:
     unlearning_score: 1 - sum_i p_i(edited) / sum_i p_i(clean) over the known forget questions,
@@ -17,7 +18,8 @@ Metrics (eval_result_metrics["unlearning"]), on the report half unless named _se
     forget_accuracy, retain_accuracy: known questions still answered right
     n_features, multiplier, retain_sparsity: the chosen intervention (None when none)
     retain_threshold, n_qualifying_configs, n_forget_questions, n_retain_questions (known,
-    report half), n_forget_select, n_retain_select, clean_forget_accuracy, clean_retain_accuracy
+    report half), n_forget_select, n_retain_select (known, grid), clean_forget_accuracy,
+    clean_retain_accuracy (every question of the pool)
 Latents are clamped to -multiplier where they fire; the SAE error term is kept, so only the
 clamp changes the model, and rows the clamp leaves bit-identical keep their clean scores.
 Per-item values (block["items"]): per known report-half question, p edited and p clean.
@@ -75,7 +77,8 @@ def run_unlearning(sae: SAELike, model: LanguageModel, layer: int, config: EvalC
     for sparsity, n, mult in grid:
         latents = select_latents(forget_freq, retain_freq, n, sparsity)
         edits.append(_edit(sae, latents, mult))
-        found = {d: sets[d].measure(edits[-1], "select") for d in DOMAINS}
+        cap = config.unlearn_select_questions
+        found = {d: sets[d].measure(edits[-1], "select", cap) for d in DOMAINS}
         results.append(
             {
                 "retain_sparsity": sparsity,
@@ -109,8 +112,12 @@ def run_unlearning(sae: SAELike, model: LanguageModel, layer: int, config: EvalC
         "n_qualifying_configs": len(qualifying),
         "n_forget_questions": len(report["forget"]["p"]),
         "n_retain_questions": len(report["retain"]["p"]),
-        "n_forget_select": len(sets["forget"].known_in("select")),
-        "n_retain_select": len(sets["retain"].known_in("select")),
+        "n_forget_select": len(
+            sets["forget"].known_in("select")[: config.unlearn_select_questions]
+        ),
+        "n_retain_select": len(
+            sets["retain"].known_in("select")[: config.unlearn_select_questions]
+        ),
         "clean_forget_accuracy": sets["forget"].clean_accuracy,
         "clean_retain_accuracy": sets["retain"].clean_accuracy,
     }
@@ -204,10 +211,11 @@ class QuestionSet:
         in_half = (index // HALF_BLOCK) % 2 == (0 if half == "select" else 1)
         return index[in_half & self.known]
 
-    def measure(self, edit_resid, half: str) -> dict:  # noqa: ANN001 - resid -> resid, or None
-        """p edited / clean of the half's known questions, their ratio of sums ("retained",
-        None without questions) and the fraction still answered right."""
-        rows = self.known_in(half)
+    def measure(self, edit_resid, half: str, limit: int | None = None) -> dict:  # noqa: ANN001
+        """p edited / clean of the half's first `limit` known questions (all: None), their
+        ratio of sums ("retained", None without questions) and the fraction still answered
+        right. edit_resid: resid -> resid, or None (clean)."""
+        rows = self.known_in(half)[:limit]
         p, right = self.scorer.probabilities(edit_resid, rows)
         p_clean = self.p_clean[rows]
         total = p_clean.sum().item()

@@ -404,3 +404,24 @@ def test_unlearning_chooses_on_one_half_and_reports_on_the_other(reference_block
     assert m["n_forget_questions"] + m["n_forget_select"] <= CONFIG.unlearn_questions
     for row in reference_blocks["unlearning"]["eval_result_details"]:
         assert {"forget_retained_select", "retain_retained_select"} <= set(row)
+
+
+def test_the_paired_ci_finds_a_knob_and_not_a_seed(caches):
+    """PCA SAEs on real residuals: k = 16 vs 64 latents differ in L0 and EV by construction,
+    with a CI excluding 0; two seeds of k = 64 (randomised PCA) agree within the CI."""
+    from saelab.compare import compare
+    from saelab.evals.core import reconstruction_metrics
+
+    train, test = caches[0].acts.float().flatten(0, 1), caches[1].acts
+
+    def items(k: int, seed: int) -> dict:
+        found = reconstruction_metrics(PCASAE(train, k=k, seed=seed), test, CONFIG)["items"]
+        return {"metrics": {path: {**e, "items": "test"} for path, e in found.items()}}
+
+    ev, l0 = "reconstruction_quality.explained_variance", "sparsity.l0"
+    knob = compare([items(16, 0)], [items(64, 0)])["metrics"]
+    assert knob[l0]["ci95"][1] < 0 and knob[ev]["ci95"][1] < 0  # fewer latents, less EV
+    seeds = compare([items(64, 1)], [items(64, 0)])["metrics"]
+    for path in (ev, l0):
+        low, high = seeds[path]["ci95"]
+        assert low <= 0 <= high, (path, seeds[path])
