@@ -72,7 +72,7 @@ class EvalConfig:
     probe_ks: tuple[int, ...] = (1, 2, 5, 10, 20)
     # unlearning: questions before keeping the known ones; half choose the intervention, half
     # report it (saelab.evals.unlearning)
-    unlearn_questions: int = 512  # forget questions (~70% known: ~180 a half)
+    unlearn_questions: int = 512  # forget questions (64% known: ~165 a half)
     unlearn_retain_n: int = 256  # retain questions (~92% known)
     # known questions per domain the grid is tried on (the select half's first ones): every
     # grid point reruns the upper layers on each row its clamp touches, so this caps its cost
