@@ -1,26 +1,34 @@
 """Per-eval seconds on the real offline Gemma: cold eval cache vs warm, side by side.
 
     .venvs/lab/bin/python benchmarks/evals.py [--tiny] [--layer 6] [--seq_len 128]
+    .venvs/lab/bin/python benchmarks/evals.py --run_dir run_0 --keep_cache   # a trained SAE
 
 Evaluates a PCA-based reference SAE (top principal directions split into +/- ReLU halves)
-fitted on a harvested cache, three times: with the on-disk eval cache emptied (what the first
-experiment on a machine pays), with the disk cache warm but nothing in memory (every later
-run of experiment.py), and with the in-process memo warm too (a second SAE in one process).
+fitted on a harvested cache, or the exported SAE of --run_dir on the cpu profile's data (a
+PCA SAE's latents fire everywhere, so unlearning finds no latent to clamp and costs nothing),
+three times: with the on-disk eval cache emptied (what the first experiment on a machine
+pays; --keep_cache keeps it, so that column is a warm pass too), with the disk cache warm
+but nothing in memory (every later referee), and with the in-process memo warm too (a second
+SAE in one process). Prints each eval's seconds and its items per second on the disk-cached
+pass (items: what its per-item file holds: sequences, test examples, report-half questions).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from saelab.activations import harvest
+from saelab.artifact import load_artifact
 from saelab.cache import cache_dir
 from saelab.evals import EVALS, EvalConfig, common, run_evals
 from saelab.evals.reference import PCASAE
 from saelab.models import load_model
+from saelab.profiles import profile
 
 console = Console(width=130)  # the table is wider than a log's default 80 columns
 
@@ -31,29 +39,69 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=6)
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--tokens", type=int, default=64 * 128 * 4)
+    parser.add_argument("--run_dir", type=Path, help="measure this run's exported SAE instead")
+    parser.add_argument("--keep_cache", action="store_true", help="skip the cold pass")
     args = parser.parse_args()
     model = load_model()
-    cache = harvest(model, args.layer, "offline-mix", args.seq_len, args.tokens)
-    train, test = cache.split(0.25)
-    sae = PCASAE(train.acts.float().flatten(0, 1)[:20_000], k=64)
+    if args.run_dir is None:
+        cache = harvest(model, args.layer, "offline-mix", args.seq_len, args.tokens)
+        train, test = cache.split(0.25)
+        sae = PCASAE(train.acts.float().flatten(0, 1)[:20_000], k=64)
+    else:  # what the referee measures it on
+        lab = profile("cpu")
+        cache = harvest(model, lab.layer, lab.corpus, lab.seq_len, lab.cache_tokens)
+        _, test = cache.split(lab.test_fraction)
+        sae = load_artifact(args.run_dir)
     config = EvalConfig().tiny() if args.tiny else EvalConfig()
-    shutil.rmtree(cache_dir("evals"))
-    passes = []
-    for clear_memo in (True, True, False):
+    if not args.keep_cache:
+        shutil.rmtree(cache_dir("evals"), ignore_errors=True)
+    passes, items = [], {}
+    for clear_memo in (not args.keep_cache, True, False):
         if clear_memo:
             common._MEMO.clear()
-        passes.append(run_evals(sae, model, args.layer, test_cache=test, config=config))
-    table = Table(title=f"eval seconds ({'tiny' if args.tiny else 'default'} config)")
-    for column in ("eval", "cold s", "disk-cached s", "memoised s", "cold / cached", "headline"):
+        found: dict = {}
+        passes.append(
+            run_evals(
+                sae,
+                model,
+                args.layer,
+                test_cache=test,
+                config=config,
+                items=found,
+                density_cache=cache,
+            )
+        )
+        items = found
+    console.print(timing_table(passes, items, args.tiny))
+
+
+def timing_table(passes: list[dict], items: dict, tiny: bool) -> Table:
+    table = Table(title=f"eval seconds ({'tiny' if tiny else 'default'} config)")
+    columns = ("eval", "cold s", "disk-cached s", "memoised s", "cold / cached", "items")
+    for column in (*columns, "items/s", "headline"):
         table.add_column(column)
     totals = [0.0, 0.0, 0.0]
     for name in EVALS:
         seconds = [p[name]["eval_result_unstructured"]["seconds"] for p in passes]
         totals = [t + s for t, s in zip(totals, seconds, strict=True)]
-        cells = [f"{s:.1f}" for s in seconds]
-        table.add_row(name, *cells, f"{seconds[0] / seconds[1]:.1f}x", headline(passes[1], name))
-    table.add_row("all", *[f"{t:.1f}" for t in totals], f"{totals[0] / totals[1]:.1f}x", "")
-    console.print(table)
+        n = n_items(items, name)
+        table.add_row(
+            name,
+            *[f"{s:.1f}" for s in seconds],
+            f"{seconds[0] / max(seconds[1], 1e-9):.1f}x",
+            str(n),
+            f"{n / max(seconds[1], 1e-9):.1f}",
+            headline(passes[1], name),
+        )
+    ratio = f"{totals[0] / max(totals[1], 1e-9):.1f}x"
+    table.add_row("all", *[f"{t:.1f}" for t in totals], ratio, "", "", "")
+    return table
+
+
+def n_items(items: dict, eval_name: str) -> int:
+    """Distinct items behind an eval's per-item metrics (each item set counted once)."""
+    sets = {e["items"]: len(e["num"][0]) for p, e in items.items() if p.startswith(eval_name)}
+    return sum(sets.values())
 
 
 def headline(blocks: dict, name: str) -> str:

@@ -1,6 +1,7 @@
 """The referee: measures a run's exported SAE in its own process, with the lab's pinned settings.
 
-    python -m saelab.referee results/<ws>/run_1 --out /tmp/referee.json --profile cpu
+    python -m saelab.referee results/<ws>/run_1 --out /tmp/referee.json --profile cpu \
+        [--items-out /tmp/referee_items.json]
 
 It never imports workspace code: it loads `encode.pt2` / `decode.pt2` (saelab.artifact), checks
 that they behave like an SAE (purity), and runs core, sparse probing, unlearning and temporal
@@ -9,8 +10,12 @@ profile (saelab.profiles), whatever the experiment trained on. A twin SAE handed
 `twin/` is measured for feature stability. Writes one JSON object:
 
     {"referee": {lab_version, profile, artifact_sha256, twin_sha256, n_weights, purity,
-                 seconds}, "core": {...}, "sparse_probing": {...}, "unlearning": {...},
-     "temporal": {...}}
+                 seconds, items_sha256, items_file}, "core": {...}, "sparse_probing": {...},
+     "unlearning": {...}, "temporal": {...}}
+
+and, at --items-out (default referee_items.json beside --out), every key metric's per-item
+values (format saelab-items/1, read by saelab.compare without torch), whose sha256 is
+referee.items_sha256.
 
 Purity facts (1.0 holds, 0.0 violated), each a template rule:
     stateless         no buffer is written by a call, and the same input gives the same output
@@ -40,6 +45,7 @@ from torch import Tensor  # noqa: E402
 from saelab.activations import harvest  # noqa: E402
 from saelab.artifact import FILES, ArtifactError, ExportedSAE, load_artifact, sha256_files  # noqa: E402
 from saelab.cache import SaelabError  # noqa: E402
+from saelab.compare import FORMAT as ITEMS_FORMAT  # noqa: E402
 from saelab.evals import EVALS, run_evals  # noqa: E402
 from saelab.models import load_model  # noqa: E402
 from saelab.profiles import Profile, profile  # noqa: E402
@@ -47,6 +53,9 @@ from saelab.profiles import Profile, profile  # noqa: E402
 console = Console(stderr=True)
 LAB = Path(__file__).resolve().parent
 TWIN_DIR = "twin"
+ITEMS_FILE = "referee_items.json"  # beside referee.json: per-item values (saelab.compare)
+
+ITEMS_KEY = "_items"  # measure() hands the items to main under this key
 PURITY_SEQS = 4  # held-out sequences the purity checks run on
 
 
@@ -124,8 +133,17 @@ def measure(run_dir: Path, lab: Profile, evals: tuple[str, ...] = EVALS) -> dict
     cache = harvest(model, lab.layer, lab.corpus, lab.seq_len, lab.cache_tokens)
     _, test = cache.split(lab.test_fraction)
     facts = purity(sae, test.acts[:PURITY_SEQS].float())
+    items: dict = {}
     blocks = run_evals(
-        sae, model, lab.layer, evals, test_cache=test, config=lab.eval_config(), sae_b=twin
+        sae,
+        model,
+        lab.layer,
+        evals,
+        test_cache=test,
+        config=lab.eval_config(),
+        sae_b=twin,
+        items=items,
+        density_cache=cache,  # dead / rare latents over every cached token, the SAE alone
     )
     record = {
         "lab_version": lab_version(),
@@ -136,7 +154,23 @@ def measure(run_dir: Path, lab: Profile, evals: tuple[str, ...] = EVALS) -> dict
         "purity": facts,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    return {"referee": record, **blocks}
+    return {"referee": record, **blocks, ITEMS_KEY: items}
+
+
+def write_results(result: dict, out: Path, items_out: Path) -> None:
+    """referee.json at `out` and the items file (saelab.compare) at `items_out`; referee.json
+    records the items file's sha256, so a swapped items file is detectable."""
+    items = {
+        "format": ITEMS_FORMAT,
+        "artifact_sha256": result["referee"]["artifact_sha256"],
+        "lab_version": result["referee"]["lab_version"],
+        "metrics": result.pop(ITEMS_KEY),
+    }
+    blob = json.dumps(items, separators=(",", ":")).encode()
+    items_out.write_bytes(blob)
+    result["referee"]["items_sha256"] = hashlib.sha256(blob).hexdigest()
+    result["referee"]["items_file"] = items_out.name
+    out.write_text(json.dumps(result, indent=2, default=float))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON")
     parser.add_argument("--profile", default="cpu", help="saelab.profiles name: cpu|tiny|gpu")
     parser.add_argument("--evals", default=",".join(EVALS))
+    parser.add_argument(
+        "--items-out",
+        type=Path,
+        help="where to write the per-item values (default: referee_items.json beside --out)",
+    )
     args = parser.parse_args(argv)
     try:
         result = measure(
@@ -153,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ArtifactError, SaelabError, ValueError) as error:
         console.print(f"[red]referee:[/] {error}", highlight=False)
         return 2
-    args.out.write_text(json.dumps(result, indent=2, default=float))
+    items_out = args.items_out or args.out.with_name(ITEMS_FILE)
+    write_results(result, args.out, items_out)
     console.print(f"referee: measured {args.run_dir} in {result['referee']['seconds']:.0f} s")
     return 0
 

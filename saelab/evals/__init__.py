@@ -6,6 +6,8 @@
 
 Every block has eval_type_id, eval_config, eval_id, datetime_epoch_millis,
 eval_result_metrics, eval_result_details, eval_result_unstructured, sae_cfg_dict.
+Per-item values: each eval's block carries "items" ({metric path: saelab.evals.common.
+item_entry}), which run_evals moves into its `items` argument; saelab.compare reads them.
 Metric paths (template validation rules reference them):
     core.eval_result_metrics.reconstruction_quality.{explained_variance, mse, cossim}
     core.eval_result_metrics.sparsity.{l0, l1}
@@ -13,14 +15,16 @@ Metric paths (template validation rules reference them):
         ce_loss_with_ablation, ce_loss_with_sae, ce_loss_without_sae}
     core.eval_result_metrics.model_behavior_preservation.{kl_div_score, kl_div_with_ablation,
         kl_div_with_sae}
-    core.eval_result_metrics.misc.{frac_dead_latents, frac_dense_latents, causal}
+    core.eval_result_metrics.misc.{frac_dead_latents, frac_rare_latents, frac_dense_latents,
+        causal}
     sparse_probing.eval_result_metrics.llm.{llm_test_accuracy, llm_top_{k}_test_accuracy}
     sparse_probing.eval_result_metrics.sae.{sae_test_accuracy, sae_top_{k}_test_accuracy}
         for k in 1, 2, 5, 10, 20
     unlearning.eval_result_metrics.unlearning.{unlearning_score, forget_accuracy,
         retain_accuracy, n_features, multiplier, retain_threshold, ...}
     temporal.eval_result_metrics.temporal.{consistency_short, consistency_medium,
-        consistency_long, feature_stability (None without sae_b)}
+        consistency_long, feature_stability, feature_stability_random,
+        feature_stability_normalized (the last three None without sae_b)}
 SAEs read raw residuals (BOS excluded); wrap one trained on scaled inputs in Normalized.
 Devices: the model and the evals' tensors may live elsewhere than the SAE (on a GPU the
 activation cache and stored residuals are CPU tensors, the SAE is on CUDA). Every tensor is
@@ -64,8 +68,12 @@ def run_evals(
     config: EvalConfig | None = None,
     sae_b: SAELike | None = None,
     progress: bool = True,
+    items: dict | None = None,
+    density_cache: ActivationCache | None = None,
 ) -> dict[str, dict]:
-    """Run the named evals; returns {eval_type_id: SAEBench-shaped block}."""
+    """Run the named evals; returns {eval_type_id: SAEBench-shaped block}. `items`, a dict,
+    receives {metric path: per-item entry} (saelab.compare); `density_cache` is what dead and
+    rare latents are counted on (default: test_cache)."""
     config = config or EvalConfig()
     unknown = [name for name in evals if name not in EVALS]
     if unknown:
@@ -73,7 +81,7 @@ def run_evals(
     if test_cache is None and any(name in NEEDS_CACHE for name in evals):
         raise ValueError("core and temporal evals need test_cache=<held-out ActivationCache>")
     runners = {
-        "core": lambda: run_core(sae, model, layer, test_cache, config),
+        "core": lambda: run_core(sae, model, layer, test_cache, config, density_cache),
         "sparse_probing": lambda: run_sparse_probing(sae, model, layer, config),
         "unlearning": lambda: run_unlearning(sae, model, layer, config),
         "temporal": lambda: run_temporal(sae, test_cache, config, sae_b),
@@ -82,6 +90,9 @@ def run_evals(
     for name in evals:
         start = time.perf_counter()
         blocks[name] = runners[name]()
+        found = blocks[name].pop("items", {})
+        if items is not None:
+            items.update(found)
         seconds = time.perf_counter() - start
         blocks[name]["eval_result_unstructured"] = {"seconds": round(seconds, 2)}
         if progress:

@@ -7,7 +7,7 @@ import hashlib
 import itertools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,16 +57,28 @@ class EvalConfig:
 
     batch_size: int = 4  # sequences per forward pass: logits are [B, T, 262k] on Gemma 3
     # core
-    core_recon_seqs: int = 64  # held-out sequences for EV / MSE / L0 / dead fraction
+    core_recon_seqs: int = 64  # held-out sequences for EV / MSE / L0 / cossim
     core_ce_seqs: int = 8  # sequences spliced into the model for CE loss and KL
+    # dead / rare / dense latents and the firing histogram: counted by the SAE alone over up to
+    # this many cached tokens (the referee hands in its whole activation cache, training split
+    # included: for the cpu profile that is 300k tokens, every token a cpu run trains on)
+    density_tokens: int = 1_048_576
     dense_threshold: float = 0.1  # a latent firing on more than this fraction is dense
+    rare_threshold: float = 1e-5  # a latent firing on fewer than this fraction (> 0) is rare
     # sparse probing
     probe_tasks: tuple[str, ...] | None = None  # None = the four default families
     probe_n_per_class: int = 500  # 1,000 balanced texts per task, split 80/20
     probe_seq_len: int = 64
     probe_ks: tuple[int, ...] = (1, 2, 5, 10, 20)
-    # unlearning
-    unlearn_questions: int = 40  # per domain (forget, retain), before keeping the known ones
+    # unlearning: questions before keeping the known ones; half choose the intervention, half
+    # report it (saelab.evals.unlearning)
+    unlearn_questions: int = 512  # forget questions (64% known: ~165 a half)
+    unlearn_retain_n: int = 256  # retain questions (~92% known)
+    # known questions per domain the grid is tried on (the select half's first ones): every
+    # grid point reruns the upper layers on each row its clamp touches, so this caps its cost
+    unlearn_select_questions: int = 64
+    unlearn_batch_size: int = 32  # (question, option) rows per upper-layer pass: the head runs
+    # only at the option's positions, so rows are cheap and bigger batches amortise the blocks
     unlearn_texts: int = 64  # forget / retain texts for latent firing frequencies
     unlearn_seq_len: int = 64
     # the intervention grid (SAEBench's shape); calibrated on Gemma 3 270M layer 6, where 20
@@ -74,7 +86,8 @@ class EvalConfig:
     unlearn_n_features: tuple[int, ...] = (5, 10, 20)
     unlearn_multipliers: tuple[float, ...] = (10.0, 25.0)
     unlearn_retain_sparsities: tuple[float, ...] = (0.001, 0.01)  # max retain firing rate
-    # 0.95: at most one of the ~35 known retain questions may flip (SAEBench: 0.99 on 2B-it)
+    # the retain probability ratio an intervention must keep (SAEBench: accuracy >= 0.99 on
+    # 2B-it); calibrated on Gemma 3 270M layer 6
     unlearn_retain_threshold: float = 0.95
     unlearn_format: str = "likelihood"  # "likelihood" (option log-prob) | "letters" (A-D)
     # question sets and the texts latent firing rates are measured on: the offline sets, or hub
@@ -96,7 +109,8 @@ class EvalConfig:
             probe_tasks=("language_id", "sentiment"),
             probe_n_per_class=40,
             probe_seq_len=32,
-            unlearn_questions=8,
+            unlearn_questions=16,
+            unlearn_retain_n=16,
             unlearn_texts=8,
             unlearn_seq_len=32,
             unlearn_n_features=(10,),
@@ -116,7 +130,8 @@ class EvalConfig:
             core_recon_seqs=1536,  # 197k tokens: ~21 per latent at 9,216, so "dead" means rare
             core_ce_seqs=1024,  # 131k predicted tokens per SAE
             probe_seq_len=128,  # SAEBench's probing context; 500 per class is the offline reserve
-            unlearn_questions=200,  # per domain: one flipped retain answer ~0.6 points, not 2.9
+            unlearn_questions=2048,
+            unlearn_retain_n=1024,
             unlearn_texts=512,
             unlearn_seq_len=128,
             temporal_seqs=512,  # 65k tokens; the SAE alone runs, no model
@@ -128,7 +143,8 @@ class EvalConfig:
         n_tasks = len(self.probe_tasks or PROBING_FAMILIES)
         probing = n_tasks * 2 * self.probe_n_per_class * (1 + self.probe_seq_len)
         texts = 2 * self.unlearn_texts * (1 + self.unlearn_seq_len)
-        options = 2 * self.unlearn_questions * 4 * OPTION_ROW_TOKENS  # 4 options a question
+        questions = self.unlearn_questions + self.unlearn_retain_n
+        options = questions * 4 * OPTION_ROW_TOKENS  # 4 options a question
         return probing + texts + options + self.core_ce_seqs * (1 + seq_len)
 
 
@@ -267,3 +283,31 @@ def splice(sae: SAELike, resid: Tensor, keep_error: bool = False, edit=None) -> 
     else:
         x_hat = decode(sae, edit(f) if edit is not None else f)
     return torch.cat([resid[:, :1].float(), x_hat], dim=1)
+
+
+def item_entry(items: str, num: Sequence, den: Sequence | None = None, form: str = "ratio") -> dict:
+    """One metric's per-item values for the items file (saelab.compare defines the form):
+    value = mean_k(sum num[k] / sum den[k]), or 1 - that. num/den are [n] or [K, n]; den None
+    means all ones (a plain mean). `items` names the item set (a digest), so runs measured on
+    different items are never paired."""
+    num_kn = _rows(num)
+    den_kn = None if den is None else _rows(den)
+    if den_kn is not None and [len(r) for r in den_kn] != [len(r) for r in num_kn]:
+        raise ValueError("item_entry: num and den must have the same shape")
+    return {"items": items, "form": form, "num": num_kn, "den": den_kn}
+
+
+def _rows(values: Sequence) -> list[list[float]]:
+    """[n] or [K, n] numbers as K rows of 7-significant-digit floats (compact JSON)."""
+    array = torch.as_tensor(values, dtype=torch.float64)
+    array = array[None] if array.dim() == 1 else array
+    return [[float(f"{v:.7g}") for v in row] for row in array.tolist()]
+
+
+def items_key(*parts: Tensor | str) -> str:
+    """A short digest naming an item set (token ids, texts), for item_entry."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(tensor_key(part).encode() if isinstance(part, Tensor) else part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]

@@ -1,19 +1,34 @@
 """Unlearning (Farrell et al. 2024, as in SAEBench): clamp forget-domain latents, re-ask questions.
 
-Metrics (eval_result_metrics["unlearning"]):
-    unlearning_score: 1 - forget accuracy of the best intervention whose retain accuracy stays
-        >= unlearn_retain_threshold (0 when none qualifies or no latent fires)
-    forget_accuracy, retain_accuracy, n_features, multiplier, retain_sparsity: that intervention
-    retain_threshold, n_qualifying_configs, n_forget_questions, n_retain_questions (known ones)
-Answers are scored by option log-likelihood (sum over the option's tokens) or, with
-unlearn_format="letters", by the letter after a lettered list, right under every cyclic
-permutation. Only questions the clean model answers right count. Latents are clamped to
--multiplier where they fire; the SAE error term is kept, so only the clamp changes the model.
+Each question is scored by the probability the model gives its correct option, p = softmax over
+the options' log-likelihoods (SAEBench's mean_predicted_probs; with unlearn_format="letters",
+the mean over cyclic orderings of the letter probability). Only questions the clean model
+answers right (under every ordering) count ("known"). The questions are split in two halves,
+blocks of 4 alternating (every answer position in each half): the intervention grid is tried on
+the select half only (its first unlearn_select_questions known questions per domain: the cost
+cap), the chosen intervention is measured once on the whole report half (SAEBench picks on
+train and reports on test), so the score is not the best of 12 noisy draws.
+
+Metrics (eval_result_metrics["unlearning"]), on the report half unless named _select:
+    unlearning_score: 1 - sum_i p_i(edited) / sum_i p_i(clean) over the known forget questions,
+        for the intervention chosen on the select half: among those keeping the retain
+        probability ratio (same form, known retain questions) >= unlearn_retain_threshold, the
+        one with the lowest forget ratio; 0 when none qualifies or no latent fires
+    forget_retained, retain_retained: the two probability ratios (1 = untouched)
+    forget_accuracy, retain_accuracy: known questions still answered right
+    n_features, multiplier, retain_sparsity: the chosen intervention (None when none)
+    retain_threshold, n_qualifying_configs, n_forget_questions, n_retain_questions (known,
+    report half), n_forget_select, n_retain_select (known, grid), clean_forget_accuracy,
+    clean_retain_accuracy (every question of the pool)
+Latents are clamped to -multiplier where they fire; the SAE error term is kept, so only the
+clamp changes the model, and rows the clamp leaves bit-identical keep their clean scores.
+Per-item values (block["items"]): per known report-half question, p edited and p clean.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -31,6 +46,8 @@ from saelab.evals.common import (
     SAELike,
     encode,
     input_fields,
+    item_entry,
+    items_key,
     make_block,
     memo,
     model_key,
@@ -41,69 +58,84 @@ from saelab.evals.common import (
 from saelab.models import LanguageModel
 
 LETTERS = "ABCD"
+HALF_BLOCK = 4  # questions i with (i // 4) % 2 == 0 choose the intervention, the others report
+DOMAINS = ("forget", "retain")
 
 
 def run_unlearning(sae: SAELike, model: LanguageModel, layer: int, config: EvalConfig) -> dict:
     if config.unlearn_format not in ("likelihood", "letters"):
         raise ValueError(f"unlearn_format {config.unlearn_format!r}: use likelihood or letters")
-    sources = {"forget": config.unlearn_forget_questions, "retain": config.unlearn_retain_questions}
-    questions = {
-        d: unlearning_questions(src, config.unlearn_questions) for d, src in sources.items()
-    }
-    # the clean answers do not depend on the SAE: score them once per process
-    batches, known = {}, {}
-    for domain, qs in questions.items():
-        key = ("unlearn", *model_key(model, layer), sources[domain], config.unlearn_format, len(qs))
-        batches[domain], known[domain] = memo(key, lambda qs=qs: _scored(model, layer, qs, config))
+    sets = {d: question_set(model, layer, d, config) for d in DOMAINS}
     forget = _texts(config.unlearn_forget_corpus, "forget", config.unlearn_texts)
     retain = _texts(config.unlearn_retain_corpus, "retain", config.unlearn_texts)
     forget_freq = latent_frequency(sae, model, layer, forget, config)
     retain_freq = latent_frequency(sae, model, layer, retain, config)
-    results = []
+    results, edits = [], []
     grid = itertools.product(
         config.unlearn_retain_sparsities, config.unlearn_n_features, config.unlearn_multipliers
     )
     for sparsity, n, mult in grid:
         latents = select_latents(forget_freq, retain_freq, n, sparsity)
-        edit = _clamp(latents, mult)
-        acc = {
-            d: _accuracy(
-                batches[d].correct(partial(splice, sae, keep_error=True, edit=edit)), known[d]
-            )
-            for d in batches
-        }
+        edits.append(_edit(sae, latents, mult))
+        cap = config.unlearn_select_questions
+        found = {d: sets[d].measure(edits[-1], "select", cap) for d in DOMAINS}
         results.append(
             {
                 "retain_sparsity": sparsity,
                 "n_features": n,
                 "multiplier": mult,
                 "n_latents_found": len(latents),
-                **{f"{d}_accuracy": a for d, a in acc.items()},
+                **{f"{d}_retained_select": found[d]["retained"] for d in DOMAINS},
+                **{f"{d}_accuracy_select": found[d]["accuracy"] for d in DOMAINS},
             }
         )
     qualifying = [
-        r
-        for r in results
-        if r["retain_accuracy"] is not None
-        and r["retain_accuracy"] >= config.unlearn_retain_threshold
-        and r["forget_accuracy"] is not None
+        i
+        for i, r in enumerate(results)
+        if r["n_latents_found"] > 0
+        and r["retain_retained_select"] is not None
+        and r["forget_retained_select"] is not None
+        and r["retain_retained_select"] >= config.unlearn_retain_threshold
     ]
-    best = min(qualifying, key=lambda r: r["forget_accuracy"], default=None)
+    best = min(qualifying, key=lambda i: results[i]["forget_retained_select"], default=None)
+    report = {d: sets[d].measure(None if best is None else edits[best], "report") for d in DOMAINS}
+    chosen = results[best] if best is not None else {}
+    forget_retained = report["forget"]["retained"]
     metrics = {
-        "unlearning_score": 1.0 - best["forget_accuracy"] if best else 0.0,
-        "forget_accuracy": best["forget_accuracy"] if best else None,
-        "retain_accuracy": best["retain_accuracy"] if best else None,
-        "n_features": best["n_features"] if best else None,
-        "retain_sparsity": best["retain_sparsity"] if best else None,
-        "multiplier": best["multiplier"] if best else None,
+        "unlearning_score": 0.0 if forget_retained is None else 1.0 - forget_retained,
+        "forget_retained": forget_retained,
+        "retain_retained": report["retain"]["retained"],
+        "forget_accuracy": report["forget"]["accuracy"],
+        "retain_accuracy": report["retain"]["accuracy"],
+        **{k: chosen.get(k) for k in ("n_features", "retain_sparsity", "multiplier")},
         "retain_threshold": config.unlearn_retain_threshold,
         "n_qualifying_configs": len(qualifying),
-        "n_forget_questions": sum(known["forget"]),
-        "n_retain_questions": sum(known["retain"]),
-        "clean_forget_accuracy": _mean(known["forget"]),
-        "clean_retain_accuracy": _mean(known["retain"]),
+        "n_forget_questions": len(report["forget"]["p"]),
+        "n_retain_questions": len(report["retain"]["p"]),
+        "n_forget_select": len(
+            sets["forget"].known_in("select")[: config.unlearn_select_questions]
+        ),
+        "n_retain_select": len(
+            sets["retain"].known_in("select")[: config.unlearn_select_questions]
+        ),
+        "clean_forget_accuracy": sets["forget"].clean_accuracy,
+        "clean_retain_accuracy": sets["retain"].clean_accuracy,
     }
-    return make_block("unlearning", sae, config, {"unlearning": metrics}, results)
+    block = make_block("unlearning", sae, config, {"unlearning": metrics}, results)
+    block["items"] = {
+        f"unlearning.eval_result_metrics.unlearning.{key}": item_entry(
+            sets[d].report_id, report[d]["p"], report[d]["p_clean"], form
+        )
+        for key, d, form in (
+            ("unlearning_score", "forget", "one_minus"),
+            ("retain_retained", "retain", "ratio"),
+        )
+    }
+    return block
+
+
+def _edit(sae: SAELike, latents: list[int], multiplier: float):  # noqa: ANN202 - resid -> resid
+    return partial(splice, sae, keep_error=True, edit=_clamp(latents, multiplier))
 
 
 @torch.no_grad()
@@ -146,20 +178,53 @@ def _clamp(latents: list[int], multiplier: float):  # noqa: ANN202 - a latent ed
     return edit
 
 
-def _scored(
-    model: LanguageModel, layer: int, questions: list[MCQuestion], config: EvalConfig
-) -> tuple[_Scorer, list[bool]]:
-    scorer = _Scorer(model, layer, questions, config)
-    return scorer, scorer.correct(None)
+def question_set(model: LanguageModel, layer: int, domain: str, config: EvalConfig) -> QuestionSet:
+    """The domain's questions with their clean scores, built once per process (the clean
+    scores are also kept in the shared eval cache: they do not depend on the SAE)."""
+    source = getattr(config, f"unlearn_{domain}_questions")
+    n = config.unlearn_questions if domain == "forget" else config.unlearn_retain_n
+    key = ("unlearn", *model_key(model, layer), source, config.unlearn_format, n)
+
+    def build() -> QuestionSet:
+        questions = unlearning_questions(source, n)
+        return QuestionSet(questions, _Scorer(model, layer, questions, config))
+
+    return memo(key, build)
 
 
-def _accuracy(correct: list[bool], known: list[bool]) -> float | None:
-    kept = [c for c, k in zip(correct, known, strict=True) if k]
-    return _mean(kept)
+@dataclass
+class QuestionSet:
+    """Questions, their scorer, and the clean model's answers: which are known, p clean."""
 
+    questions: list[MCQuestion]
+    scorer: _Scorer
 
-def _mean(values: list[bool]) -> float | None:
-    return sum(values) / len(values) if values else None
+    def __post_init__(self) -> None:
+        self.p_clean, self.known = self.scorer.probabilities(None)
+        self.clean_accuracy = float(self.known.double().mean()) if len(self.known) else None
+        report = self.known_in("report")
+        self.report_id = items_key(*(self.questions[i].prompt for i in report.tolist()))
+
+    def known_in(self, half: str) -> Tensor:
+        """Indices of the known questions of a half ("select" | "report")."""
+        index = torch.arange(len(self.questions))
+        in_half = (index // HALF_BLOCK) % 2 == (0 if half == "select" else 1)
+        return index[in_half & self.known]
+
+    def measure(self, edit_resid, half: str, limit: int | None = None) -> dict:  # noqa: ANN001
+        """p edited / clean of the half's first `limit` known questions (all: None), their
+        ratio of sums ("retained", None without questions) and the fraction still answered
+        right. edit_resid: resid -> resid, or None (clean)."""
+        rows = self.known_in(half)[:limit]
+        p, right = self.scorer.probabilities(edit_resid, rows)
+        p_clean = self.p_clean[rows]
+        total = p_clean.sum().item()
+        return {
+            "p": p,
+            "p_clean": p_clean,
+            "retained": p.sum().item() / total if len(rows) and total > 0 else None,
+            "accuracy": float(right.double().mean()) if len(rows) else None,
+        }
 
 
 class _Scorer:
@@ -168,7 +233,8 @@ class _Scorer:
     def __init__(
         self, model: LanguageModel, layer: int, questions: list[MCQuestion], config: EvalConfig
     ):
-        self.model, self.layer, self.batch_size = model, layer, config.batch_size
+        self.model, self.layer = model, layer
+        self.batch_size, self.row_batch = config.batch_size, config.unlearn_batch_size
         # groups[q] = list of (first pair index, n options, right option) views of question q
         self.groups: list[list[tuple[int, int, int]]] = []
         pairs: list[tuple[list[int], list[int]]] = []
@@ -197,48 +263,69 @@ class _Scorer:
         return ctx, full[len(ctx) :]
 
     @torch.no_grad()
+    def probabilities(self, edit_resid, questions: Tensor | None = None) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        """Per question (all, or the given indices): p of the right option (mean over views)
+        and whether every view ranks it first, with `edit_resid` applied (None: clean)."""
+        chosen = range(len(self.groups)) if questions is None else questions.tolist()
+        rows = [s + j for q in chosen for s, n, _ in self.groups[q] for j in range(n)]
+        scores = self._scores(edit_resid, torch.tensor(rows, dtype=torch.long))
+        p, right = [], []
+        for q in chosen:
+            views = self.groups[q]
+            probs = [scores[s : s + n].softmax(0)[answer].item() for s, n, answer in views]
+            p.append(sum(probs) / len(probs))
+            right.append(all(int(scores[s : s + n].argmax()) == a for s, n, a in views))
+        return torch.tensor(p, dtype=torch.float64), torch.tensor(right, dtype=torch.bool)
+
     def correct(self, edit_resid) -> list[bool]:  # noqa: ANN001 - resid -> resid, or None
         """Per question: right under every view, with `edit_resid` applied (None: clean)."""
-        scores = self._scores(edit_resid)
-        return [
-            all(int(scores[s : s + n].argmax()) == answer for s, n, answer in views)
-            for views in self.groups
-        ]
+        return self.probabilities(edit_resid)[1].tolist()
 
-    def _scores(self, edit_resid) -> Tensor:  # noqa: ANN001
+    def _scores(self, edit_resid, rows: Tensor | None = None) -> Tensor:  # noqa: ANN001
         """Log-likelihood of each (context, option) pair. The clean scores are stored in the eval
-        cache; under an edit, rows it leaves bit-identical keep their clean score: clamping rare
-        latents touches few rows, and the upper layers with the 262k-vocab head are the cost."""
+        cache; under an edit, only `rows` (default all) are rescored, and of those only the ones
+        it changes: clamping rare latents touches few rows, and the upper layers are the cost."""
         clean = stored("option_scores", self.fields, self._clean_scores)["scores"]
         if edit_resid is None:
             return clean
         scores = clean.clone()
-        for rows in self._batches():
-            resid = edit_resid(self.resid[rows])
-            changed = (resid != self.resid[rows]).flatten(1).any(1)
-            if changed.any():
-                scores[rows[changed]] = self._score_rows(rows[changed], resid[changed])
+        rows = torch.arange(len(self.spans)) if rows is None else rows
+        for batch in self._batches(rows, self.batch_size):
+            resid = edit_resid(self.resid[batch])
+            real = self.mask[batch].bool()[..., None]  # padding the clamp moves is never read
+            changed = ((resid != self.resid[batch]) & real).flatten(1).any(1)
+            scores[batch[changed]] = torch.nan  # rescored below, in length-sorted batches
+        stale = scores.isnan().nonzero()[:, 0]
+        for batch in self._batches(stale, self.row_batch):
+            scores[batch] = self._score_rows(batch, edit_resid(self.resid[batch]))
         return scores
 
     def _clean_scores(self) -> dict[str, Tensor]:
-        parts = [self._score_rows(rows, self.resid[rows]) for rows in self._batches()]
-        return {"scores": torch.cat(parts)}
+        rows = torch.arange(len(self.spans))
+        scores = torch.zeros(len(rows))
+        for batch in self._batches(rows, self.row_batch):
+            scores[batch] = self._score_rows(batch, self.resid[batch])
+        return {"scores": scores}
 
-    def _batches(self) -> list[Tensor]:
-        n = len(self.spans)
-        return [torch.arange(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+    def _batches(self, rows: Tensor, size: int) -> list[Tensor]:
+        """`rows` in batches of similar length (less padding for the upper layers to run)."""
+        order = rows[torch.argsort(torch.tensor([self.spans[r][1] for r in rows.tolist()]))]
+        return list(order.split(size)) if len(order) else []
 
     def _score_rows(self, rows: Tensor, resid: Tensor) -> Tensor:
         """Summed log-probability of each row's option tokens; the head runs only at the
-        positions that predict them."""
-        keep = torch.zeros(len(rows), self.ids.shape[1], dtype=torch.bool)
+        positions that predict them, and the batch is cut to its longest row (right padding:
+        causal attention never reads it)."""
+        width = max(self.spans[r][1] for r in rows.tolist())
+        keep = torch.zeros(len(rows), width, dtype=torch.bool)
         targets, owner = [], []
         for j, row in enumerate(rows.tolist()):
             start, end = self.spans[row]
             keep[j, start - 1 : end - 1] = True  # position t predicts token t + 1
             targets.append(self.ids[row, start:end])
             owner += [j] * (end - start)
-        logits = self.model.logits_from(resid, self.layer, self.mask[rows], keep=keep)
+        mask = self.mask[rows, :width]
+        logits = self.model.logits_from(resid[:, :width], self.layer, mask, keep=keep)
         logp = logits.float().log_softmax(-1).cpu().gather(-1, torch.cat(targets)[:, None])[:, 0]
         return torch.zeros(len(rows)).index_add_(0, torch.tensor(owner), logp)
 

@@ -27,24 +27,31 @@ from orchestrator.envs import VENVS, SetupError, python_of
 NAME = "saelens"
 # torch first and alone: the CPU wheel on this machine's disk, so sae-lens finds it installed
 # and never pulls a CUDA build
-PINS = ["torch==2.13.0", "sae-lens==6.54.12"]
+TORCH = ["torch==2.13.0"]
+STEPS = [TORCH, ["sae-lens==6.54.12"]]
 LOADER = Path(__file__).with_name("saelens_load.py")
 PIP_TIMEOUT_S = 900  # a cold build takes ~1 min; a hung download must not stall the suite
 
 
 def saelens_python() -> Path:
-    """Interpreter of .venvs/saelens, built first if missing or stale; one builder at a time
-    (worktrees share .venvs)."""
-    python = python_of(NAME)
-    marker = VENVS / NAME / ".scientist-installed"
-    fingerprint = hashlib.sha256(" ".join([*PINS, sys.version]).encode()).hexdigest()[:16]
+    return throwaway_python(NAME, STEPS)
+
+
+def throwaway_python(name: str, steps: list[list[str]]) -> Path:
+    """Interpreter of .venvs/<name>, built first if missing or stale (one `pip install` per
+    step, in order); one builder at a time (worktrees share .venvs)."""
+    python = python_of(name)
+    marker = VENVS / name / ".scientist-installed"
+    pins = [" ".join(step) for step in steps]
+    fingerprint = hashlib.sha256(" ".join([*pins, sys.version]).encode()).hexdigest()[:16]
     VENVS.mkdir(parents=True, exist_ok=True)
-    with open(VENVS / f"{NAME}.lock", "w") as lock:
+    with open(VENVS / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (marker.exists() and marker.read_text() == fingerprint):
-            venv.EnvBuilder(with_pip=True, clear=True).create(VENVS / NAME)
-            for pin in PINS:
-                _run([str(python), "-m", "pip", "install", "-q", pin], f"pip install {pin}")
+            venv.EnvBuilder(with_pip=True, clear=True).create(VENVS / name)
+            for step in steps:
+                cmd = [str(python), "-m", "pip", "install", "-q", *step]
+                _run(cmd, f"pip install {' '.join(step)}", name)
             marker.write_text(fingerprint)
     return python
 
@@ -57,7 +64,7 @@ def run_saelens(work_dir: Path, x: Tensor, sae_dirs: list[Path]) -> dict[str, di
     x_path = work_dir / "x.safetensors"
     save_file({"x": x.contiguous()}, x_path)
     cmd = [str(saelens_python()), str(LOADER), str(x_path), str(work_dir), *map(str, sae_dirs)]
-    _run(cmd, "loading the SAEs in sae-lens")
+    _run(cmd, "loading the SAEs in sae-lens", NAME)
     outputs = {}
     for sae_dir in sae_dirs:
         with safe_open(work_dir / f"{sae_dir.name}.out.safetensors", framework="pt") as f:
@@ -65,7 +72,8 @@ def run_saelens(work_dir: Path, x: Tensor, sae_dirs: list[Path]) -> dict[str, di
     return outputs
 
 
-def _run(cmd: list[str], what: str) -> None:
+def _run(cmd: list[str], what: str, env_name: str) -> subprocess.CompletedProcess:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     if out.returncode != 0:
-        raise SetupError(f"{what} failed in .venvs/{NAME}:\n{out.stdout}{out.stderr}")
+        raise SetupError(f"{what} failed in .venvs/{env_name}:\n{out.stdout}{out.stderr}")
+    return out

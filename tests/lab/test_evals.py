@@ -54,8 +54,18 @@ def reference(caches) -> PCASAE:
 
 
 @pytest.fixture(scope="module")
-def reference_blocks(lm, caches, reference) -> dict[str, dict]:
-    return run_evals(reference, lm, LAYER, test_cache=caches[1], config=CONFIG, progress=False)
+def reference_run(lm, caches, reference) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The reference SAE's blocks and per-item values."""
+    items: dict = {}
+    blocks = run_evals(
+        reference, lm, LAYER, test_cache=caches[1], config=CONFIG, progress=False, items=items
+    )
+    return blocks, items
+
+
+@pytest.fixture(scope="module")
+def reference_blocks(reference_run) -> dict[str, dict]:
+    return reference_run[0]
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +205,10 @@ def test_clean_losses_and_answers_come_back_from_the_disk_cache(
     question = MCQuestion("Water is made of hydrogen and", [" oxygen", " gold"], 0, "retain", "x")
     first_core = core.downstream_metrics(reference, lm, LAYER, tokens, CONFIG)
     first_scores = unlearning._Scorer(lm, LAYER, [question], CONFIG)._scores(None)
-    assert {p.name for p in (tmp_cache / "evals").iterdir()} >= {"core_clean", "option_scores"}
+    assert {p.name for p in (tmp_cache / "evals").iterdir()} >= {
+        "core_clean_per_seq",
+        "option_scores",
+    }
 
     monkeypatch.setattr(common, "_MEMO", {})  # a new process: memory empty, disk warm
     monkeypatch.setattr(core, "_clean_and_ablation", lambda *a: pytest.fail("clean CE rerun"))
@@ -242,7 +255,7 @@ def _offset_acts(seed: int) -> Tensor:
 
 def test_explained_variance_is_measured_against_the_data_mean():
     """An SAE that only outputs the (training) mean explains nothing, whatever the offset."""
-    from saelab.evals.core import reconstruction_metrics
+    from saelab.evals.core import density_metrics, reconstruction_metrics
 
     acts = _offset_acts(0)
     train_mean = _offset_acts(1).flatten(0, 1).mean(0)
@@ -258,7 +271,10 @@ def test_explained_variance_is_measured_against_the_data_mean():
         assert out["reconstruction_quality"]["mse"] == pytest.approx(sq_err / x.numel())
         assert out["sparsity"]["l0"] == pytest.approx((f != 0).sum().item() / x.shape[0])
         dead_fraction = ((f != 0).sum(0) == 0).double().mean().item()
-        assert out["misc"]["frac_dead_latents"] == pytest.approx(dead_fraction)
+        assert out["frac_dead"] == pytest.approx(dead_fraction)
+        density = density_metrics(sae, acts, CONFIG)
+        assert density["misc"]["frac_dead_latents"] == pytest.approx(dead_fraction)
+        assert density["n_tokens"] == x.shape[0]
         if scale == 0.0:
             assert abs(ev) < 0.05 and dead_fraction == 1.0
         else:
@@ -287,3 +303,125 @@ def test_ce_and_kl_scores_are_one_for_a_perfect_sae_and_zero_for_ablation(lm, ca
         ce = out["model_performance_preservation"]["ce_loss_score"]
         kl = out["model_behavior_preservation"]["kl_div_score"]
         assert (ce, kl) == (pytest.approx(score, abs=1e-3), pytest.approx(score, abs=1e-3))
+
+
+class RateSAE:
+    """Latent j fires at token positions t with t % periods[j] == 0 (0: never): known rates."""
+
+    def __init__(self, d_in: int, periods: list[int]):
+        self.d_in, self.d_sae, self.periods = d_in, len(periods), periods
+
+    def encode(self, x: Tensor) -> Tensor:
+        t = torch.arange(x.shape[0] * x.shape[1]).view(x.shape[0], x.shape[1], 1)
+        periods = torch.tensor(self.periods)
+        return ((periods > 0) & (t % periods.clamp(min=1) == 0)).float()
+
+    def decode(self, f: Tensor) -> Tensor:
+        return torch.zeros(*f.shape[:-1], self.d_in)
+
+
+def test_dead_rare_and_dense_latents_and_their_histogram():
+    """Counted over up to density_tokens whole sequences, by the SAE alone."""
+    import dataclasses
+
+    from saelab.evals.core import density_metrics
+
+    acts = torch.zeros(64, 100, 4)  # 6,400 tokens, one batch of 64 sequences at the defaults
+    # rates: 0 (dead), 1/6400 (once: rare below 1e-3), 1/100, 1 (dense)
+    sae = RateSAE(4, [0, 6400, 100, 1])
+    config = dataclasses.replace(CONFIG, rare_threshold=1e-3, batch_size=64)
+    out = density_metrics(sae, acts, config)
+    assert out["n_tokens"] == 6400
+    assert out["misc"] == {
+        "frac_dead_latents": 0.25,
+        "frac_rare_latents": 0.25,
+        "frac_dense_latents": 0.25,
+    }
+    hist = out["histogram"]
+    assert hist["dead"] == 1 and sum(hist["counts"]) == 3
+    edges = hist["log10_edges"]
+    for rate in (1 / 6400, 1 / 100, 1.0):  # each live latent sits in the bin of its rate
+        lo = max(i for i, e in enumerate(edges[:-1]) if e <= torch.tensor(rate).log10())
+        assert hist["counts"][lo] >= 1
+    capped = density_metrics(sae, acts, dataclasses.replace(config, density_tokens=1600))
+    assert capped["n_tokens"] == 1600  # whole sequences up to the cap
+    assert capped["histogram"]["counts"] != hist["counts"]  # the rare one fires at 1/1,600 now
+
+
+def test_the_items_reproduce_every_metric_they_belong_to(reference_run):
+    """The items file is the referee's numbers, item by item: saelab.compare recomputes each
+    metric from it exactly (to the 7 digits the file keeps)."""
+    from saelab.compare import metric_value
+
+    blocks, items = reference_run
+    expected = {
+        "core.eval_result_metrics.reconstruction_quality.explained_variance",
+        "core.eval_result_metrics.sparsity.l0",
+        "core.eval_result_metrics.model_performance_preservation.ce_loss_score",
+        "core.eval_result_metrics.model_behavior_preservation.kl_div_score",
+        "sparse_probing.eval_result_metrics.sae.sae_test_accuracy",
+        "sparse_probing.eval_result_metrics.sae.sae_top_1_test_accuracy",
+        "unlearning.eval_result_metrics.unlearning.unlearning_score",
+        "temporal.eval_result_metrics.temporal.consistency_short",
+    }
+    assert expected <= set(items)
+    for path, entry in items.items():
+        value = blocks
+        for key in path.split("."):
+            value = value[key]
+        assert metric_value(entry) == pytest.approx(value, rel=1e-5, abs=1e-6), path
+        assert len({len(row) for row in entry["num"]}) == 1 and entry["items"], path
+
+
+def test_feature_stability_is_normalised_against_random_init_of_the_same_shape():
+    """0 at the random-init floor, 1 for the same dictionary; the floor is measured per shape."""
+    from saelab.evals.temporal import _RandomDecoder, random_stability, stability_metrics
+
+    floor = random_stability(32, 96, 96)
+    assert 0.3 < floor < 0.8  # best of 96 random cosines in 32 dims
+    assert random_stability(640, 2560, 2560) == pytest.approx(0.14, abs=0.02)  # issue 20: 0.138
+    same = _RandomDecoder(32, 96, seed=5)
+    assert stability_metrics(same, same)["feature_stability_normalized"] == pytest.approx(1.0)
+    others = stability_metrics(_RandomDecoder(32, 96, seed=7), _RandomDecoder(32, 96, seed=8))
+    assert others["feature_stability_random"] == floor
+    assert others["feature_stability_normalized"] == pytest.approx(0.0, abs=0.05)
+    assert stability_metrics(same, None) == dict.fromkeys(others)
+
+
+def test_unlearning_chooses_on_one_half_and_reports_on_the_other(reference_blocks):
+    """SAEBench's split: the grid is scored on the select half only, the score on the report
+    half only; both halves hold every answer position (blocks of 4 alternate)."""
+    from saelab.evals.unlearning import HALF_BLOCK, QuestionSet
+
+    index = torch.arange(16)
+    select = (index // HALF_BLOCK) % 2 == 0
+    assert set((index[select] % 4).tolist()) == set((index[~select] % 4).tolist()) == {0, 1, 2, 3}
+    fake = QuestionSet.__new__(QuestionSet)
+    fake.questions, fake.known = [None] * 16, torch.ones(16, dtype=torch.bool)
+    halves = [set(fake.known_in(h).tolist()) for h in ("select", "report")]
+    assert not halves[0] & halves[1] and halves[0] | halves[1] == set(range(16))
+    m = metrics(reference_blocks, "unlearning", "unlearning")
+    assert m["n_forget_questions"] + m["n_forget_select"] <= CONFIG.unlearn_questions
+    for row in reference_blocks["unlearning"]["eval_result_details"]:
+        assert {"forget_retained_select", "retain_retained_select"} <= set(row)
+
+
+def test_the_paired_ci_finds_a_knob_and_not_a_seed(caches):
+    """PCA SAEs on real residuals: k = 16 vs 64 latents differ in L0 and EV by construction,
+    with a CI excluding 0; two seeds of k = 64 (randomised PCA) agree within the CI."""
+    from saelab.compare import compare
+    from saelab.evals.core import reconstruction_metrics
+
+    train, test = caches[0].acts.float().flatten(0, 1), caches[1].acts
+
+    def items(k: int, seed: int) -> dict:
+        found = reconstruction_metrics(PCASAE(train, k=k, seed=seed), test, CONFIG)["items"]
+        return {"metrics": {path: {**e, "items": "test"} for path, e in found.items()}}
+
+    ev, l0 = "reconstruction_quality.explained_variance", "sparsity.l0"
+    knob = compare([items(16, 0)], [items(64, 0)])["metrics"]
+    assert knob[l0]["ci95"][1] < 0 and knob[ev]["ci95"][1] < 0  # fewer latents, less EV
+    seeds = compare([items(64, 1)], [items(64, 0)])["metrics"]
+    for path in (ev, l0):
+        low, high = seeds[path]["ci95"]
+        assert low <= 0 <= high, (path, seeds[path])

@@ -164,3 +164,29 @@ def test_a_crafted_pickle_in_the_artifact_never_runs_in_the_referee(tmp_path):
     assert not marker.exists(), "the referee unpickled code from the artifact"
     assert refereed.returncode != 0 and b"cannot be loaded" in refereed.stderr
     assert planted or unguarded.returncode != 0  # the control shows what the guard prevents
+
+
+def test_the_items_file_sits_beside_referee_json_with_its_digest(tmp_path):
+    """What the orchestrator copies: referee.json names the items file and its sha256."""
+    import hashlib
+    import json
+
+    from saelab.compare import load_items
+    from saelab.referee import ITEMS_FILE, ITEMS_KEY, write_results
+
+    entry = {"items": "abc", "form": "ratio", "num": [[1.0, 2.0]], "den": None}
+    result = {
+        "referee": {"artifact_sha256": "f00d", "lab_version": "1"},
+        "core": {},
+        ITEMS_KEY: {"core.eval_result_metrics.sparsity.l0": entry},
+    }
+    out = tmp_path / "referee.json"
+    write_results(result, out, out.with_name(ITEMS_FILE))
+    written = json.loads(out.read_text())
+    items_path = tmp_path / ITEMS_FILE
+    assert ITEMS_KEY not in written and written["referee"]["items_file"] == ITEMS_FILE
+    digest = hashlib.sha256(items_path.read_bytes()).hexdigest()
+    assert written["referee"]["items_sha256"] == digest
+    items = load_items(items_path)
+    assert items["metrics"]["core.eval_result_metrics.sparsity.l0"] == entry
+    assert items["artifact_sha256"] == "f00d"
