@@ -18,8 +18,8 @@ loop writes, with their fields:
     end       reason
     skip      run_name, attempt, next_prompt (an agent turn that changed nothing)
     halt      error, reason (the LLM provider refused; resume goes on)
-    confirm   run_name (None: nothing to confirm), commit, seeds, reason (why the agent's runs
-              ended), why_none (why no seed is run, or "")
+    confirm   run_name, commit, seeds, reason (why the agent's runs ended); absent when no run
+              is confirmed (confirmation off, no seed_arg, no VALID run)
     confirm_run      run_name (the seed's directory), of, seed, returncode, timed_out, seconds
     confirm_verdict  as verdict, plus of and seed
     confirm_done     run_name, of, seed, status (as run_done; a seed is never retried)
@@ -133,10 +133,6 @@ class Confirmation:
     @property
     def run_name(self) -> str | None:
         return self.plan.get("run_name")
-
-    @property
-    def why_none(self) -> str:
-        return str(self.plan.get("why_none") or "")
 
     @property
     def seeds_done(self) -> list[int]:

@@ -236,7 +236,9 @@ def _failed(result: RunResult, timeout: float) -> tuple[str, str]:
 def _confirm(session: Session, reason: str) -> Step:
     """Run the best VALID run again at the seeds still pending, then the lab's paired CIs."""
     plan = session.journal.confirmation() or _plan_confirmation(session, reason)
-    if plan.pending and plan.plan.get("commit"):
+    if plan is None:
+        return Step("end", reason)
+    if plan.pending:
         session.ws.checkout_editable(plan.plan["commit"])  # the code that run ran
         try:
             for seed in plan.pending:
@@ -244,35 +246,26 @@ def _confirm(session: Session, reason: str) -> Step:
         finally:
             session.ws.reset_editable()
         plan = session.journal.confirmation()
-    if plan.run_name and not plan.why_none and not plan.cis:
+    if not plan.cis:
         runs = [plan.run_name] + [f"{plan.run_name}_seed{s}" for s in plan.seeds_done]
         cis = findings.paired_cis(session.ws.root, session.spec, runs, [session.spec.baseline_run])
         session.journal.append("compare", cis=cis)
     return Step("end", reason)
 
 
-def _plan_confirmation(session: Session, reason: str) -> Confirmation:
+def _plan_confirmation(session: Session, reason: str) -> Confirmation | None:
+    """Journal which run is confirmed at which seeds; None (nothing journaled) when none is."""
     hypotheses = findings.hypotheses_of(session.idea.hypotheses, session.spec)
     best = findings.best_run(session.journal.valid_verdicts(), hypotheses)
     count = session.settings.confirm_seeds or 0
-    why = (
-        "no VALID run"
-        if best is None
-        else "--confirm-seeds 0"
-        if count <= 0
-        else f"template {session.spec.name} declares no seed_arg"
-        if not session.spec.seed_arg
-        else ""
-    )
-    session.journal.append(
-        "confirm",
-        run_name=best["run_name"] if best else None,
-        commit=best.get("commit") if best else None,
-        seeds=[] if why else list(range(1, count + 1)),
-        reason=reason,
-        why_none=why,
-    )
+    why = findings.unconfirmed(count, session.spec) or ("" if best else "no VALID run")
     console.print(f"[bold]confirmation:[/] {why or best['run_name'] + f' at {count} more seeds'}")
+    if why:
+        return None
+    seeds = list(range(1, count + 1))
+    session.journal.append(
+        "confirm", run_name=best["run_name"], commit=best["commit"], seeds=seeds, reason=reason
+    )
     return session.journal.confirmation()
 
 

@@ -206,7 +206,8 @@ def compute(
     named = {h.metric for h in hypotheses}
     other = [e for e in effects.values() if e.beyond_noise and e.metric not in named]
     seeds = plan.seeds_done if plan else []
-    return Findings(verdict["run_name"], seeds, _note(plan, len(arms)), rows, other)
+    note = _note(plan, len(arms), journal, spec)
+    return Findings(verdict["run_name"], seeds, note, rows, other)
 
 
 def _verdict_of(journal: Journal, run_name: str | None) -> dict | None:
@@ -214,12 +215,23 @@ def _verdict_of(journal: Journal, run_name: str | None) -> dict | None:
     return found[-1] if found else None
 
 
-def _note(plan: Any, n_seeds: int) -> str:
-    if plan is None:
-        return "not confirmed yet: the best VALID run so far, at one seed"
-    if plan.why_none:
-        return f"not confirmed ({plan.why_none}): one seed of the run"
-    return f"confirmed at {n_seeds} seeds (the run itself and seeds {plan.seeds_done})"
+def unconfirmed(confirm_seeds: int, spec: TemplateSpec) -> str:
+    """Why no run is confirmed at more seeds ('' when one is)."""
+    if confirm_seeds <= 0:
+        return "confirmation off: --confirm-seeds 0"
+    if not spec.seed_arg:
+        return f"template {spec.name} declares no seed_arg"
+    return ""
+
+
+def _note(plan: Any, n_seeds: int, journal: Journal, spec: TemplateSpec) -> str:
+    if plan is not None:
+        failed = f"; seeds {plan.failed} failed" if plan.failed else ""
+        return f"confirmed at {n_seeds} seeds: the run and seeds {plan.seeds_done}{failed}"
+    if journal.ended is None:
+        return "not confirmed yet: the best VALID run so far, one seed"
+    why = unconfirmed(int((journal.started or {}).get("confirm_seeds") or 0), spec)
+    return f"one seed, not confirmed ({why or 'the loop ended before confirmation'})"
 
 
 def baseline_arms(workspace: Path, spec: TemplateSpec) -> dict[str, Arm]:
