@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 
     from orchestrator.agent.coder import Agent
     from orchestrator.journal import Confirmation
+    from orchestrator.templates import TemplateSpec
+    from orchestrator.trust.validate import Verdict
 
 
 @dataclass
@@ -182,27 +184,12 @@ def _run_and_judge(session: Session) -> Step:
     ws, spec = session.ws.root, session.spec
     name, attempt = session.run_name, session.failures + 1
     console.rule(f"{name}, attempt {attempt}")
-    timeout = session.settings.timeout or spec.timeout_seconds
-    result = run_experiment(ws, spec, name, timeout=timeout, live=session.live)
-    session.journal.append(
-        "run",
-        run_name=name,
-        attempt=attempt,
-        returncode=result.returncode,
-        timed_out=result.timed_out,
-        seconds=round(result.seconds, 3),
-    )
-    tampered = _guard(session, f"{name} (the experiment itself)", run_outputs=True)
+    result, tampered, timeout = _execute(session, spec, name, "run", attempt=attempt)
     verdict = None
     status, reason = _failed(result, timeout)
     if not status:
-        earlier = judged_artifacts(ws, spec, session.journal.valid_verdicts())
-        verdict = judge(
-            ws, spec, name, earlier=earlier, tampered=tampered, code=session.code, live=session.live
-        )
-        fields = record(ws, spec, name, verdict)
-        commit = session.ws.repo.head.commit.hexsha
-        session.journal.append("verdict", run_name=name, **fields, commit=commit)
+        verdict, fields = _judged(session, name, tampered, session.journal.valid_verdicts())
+        session.journal.append("verdict", run_name=name, **fields)
         status, reason = ("ok", "") if verdict.ok else ("invalid", "INVALID result")
     console.print(f"{name}: [bold]{status.upper()}[/] {reason}")
     if status == "ok":
@@ -220,6 +207,37 @@ def _run_and_judge(session: Session) -> Step:
         "run_done", run_name=name, status=status, attempt=attempt, next_prompt=next_prompt
     )
     return _next_ask(session, next_prompt)
+
+
+def _execute(
+    session: Session, spec: TemplateSpec, name: str, kind: str, **fields: object
+) -> tuple[RunResult, str, float]:
+    """Run `name` sandboxed, journal it as `kind` (with `fields`), then guard the protected
+    files; returns the result, what the run tampered with, and the time limit it had."""
+    timeout = session.settings.timeout or spec.timeout_seconds
+    result = run_experiment(session.ws.root, spec, name, timeout=timeout, live=session.live)
+    session.journal.append(
+        kind,
+        run_name=name,
+        **fields,
+        returncode=result.returncode,
+        timed_out=result.timed_out,
+        seconds=round(result.seconds, 3),
+    )
+    tampered = _guard(session, f"{name} (the experiment itself)", run_outputs=True)
+    return result, tampered, timeout
+
+
+def _judged(session: Session, name: str, tampered: str, judged: list[dict]) -> tuple[Verdict, dict]:
+    """The verdict on a finished run and what the journal keeps of it; `judged`: the VALID
+    verdicts so far, whose artifacts a new run must not copy."""
+    ws, spec = session.ws.root, session.spec
+    earlier = judged_artifacts(ws, spec, judged)
+    verdict = judge(
+        ws, spec, name, earlier=earlier, tampered=tampered, code=session.code, live=session.live
+    )
+    fields = record(ws, spec, name, verdict) | {"commit": session.ws.repo.head.commit.hexsha}
+    return verdict, fields
 
 
 def _failed(result: RunResult, timeout: float) -> tuple[str, str]:
@@ -271,32 +289,15 @@ def _plan_confirmation(session: Session, reason: str) -> Confirmation | None:
 
 def _run_seed(session: Session, of: str, seed: int) -> None:
     """One confirmation seed of run `of`: run, guard, judge, journal; never retried."""
-    ws, spec, name = session.ws.root, session.spec, f"{of}_seed{seed}"
+    name = f"{of}_seed{seed}"
     console.rule(f"{name}: {of} again at seed {seed}")
-    timeout = session.settings.timeout or spec.timeout_seconds
-    result = run_experiment(ws, seeded(spec, seed), name, timeout=timeout, live=session.live)
-    session.journal.append(
-        "confirm_run",
-        run_name=name,
-        of=of,
-        seed=seed,
-        returncode=result.returncode,
-        timed_out=result.timed_out,
-        seconds=round(result.seconds, 3),
-    )
-    tampered = _guard(session, f"{name} (the experiment itself)", run_outputs=True)
+    spec = seeded(session.spec, seed)
+    result, tampered, timeout = _execute(session, spec, name, "confirm_run", of=of, seed=seed)
     status, _ = _failed(result, timeout)
     if not status:
         judged = session.journal.valid_verdicts() + session.journal.confirmation().verdicts
-        earlier = judged_artifacts(ws, spec, judged)
-        verdict = judge(
-            ws, spec, name, earlier=earlier, tampered=tampered, code=session.code, live=session.live
-        )
-        fields = record(ws, spec, name, verdict)
-        commit = session.ws.repo.head.commit.hexsha
-        session.journal.append(
-            "confirm_verdict", run_name=name, of=of, seed=seed, **fields, commit=commit
-        )
+        verdict, fields = _judged(session, name, tampered, judged)
+        session.journal.append("confirm_verdict", run_name=name, of=of, seed=seed, **fields)
         status = "ok" if verdict.ok else "invalid"
     session.journal.append("confirm_done", run_name=name, of=of, seed=seed, status=status)
     console.print(f"{name}: [bold]{status.upper()}[/]")

@@ -165,3 +165,41 @@ def test_a_number_no_measurement_gave_is_flagged():
 def test_measured_values_and_differences_pass_unflagged():
     text = "Explained variance 0.9612 (-0.0025 vs the mean).\nDead fraction 0.314; run 2 of 3."
     assert findings.flag_numbers(text, MEASURED) == text
+
+
+def test_summary_has_one_hypotheses_row_per_idea():
+    from orchestrator.report import summary
+
+    row = summary.IdeaSummary("a", "t", Path("ws"), "ended", findings=["score up: supported"])
+    _, body = summary.rows([row, summary.IdeaSummary("b", "t", None, "not started")])
+    assert ["hypotheses", "", "score up: supported", "none"] in body
+
+
+def test_closing_table_has_a_finding_column():
+    from rich.console import Console
+
+    from orchestrator.journal import Usage
+    from orchestrator.report.closing import runs_table
+    from orchestrator.report.records import RunRecord
+
+    runs = [
+        RunRecord(name, "ok", True, [], {"score": value, "steps": 3}, "", False, None)
+        for name, value in (("run_0", 0.5), ("run_1", 0.9))
+    ]
+    row = findings.Finding(UP, effect([0.9, 0.91, 0.92], [0.5, 0.51, 0.49]), SUPPORTED)
+    found = findings.Findings("run_1", [1, 2], "confirmed", [row])
+    console = Console(record=True, width=120)
+    console.print(runs_table(runs, Usage(), 60.0, found))
+    lines = console.export_text().splitlines()
+    assert "finding (run_1)" in next(line for line in lines if "run_0" in line)
+    assert next(line for line in lines if line.startswith("│ score")).split("│")[-2].strip() == (
+        SUPPORTED
+    )
+    assert next(line for line in lines if line.startswith("│ steps")).split("│")[-2].strip() == ""
+
+
+def test_paired_cis_need_every_items_file(tmp_path):
+    spec = core_spec(tmp_path / "t")
+    (tmp_path / "run_1").mkdir()
+    (tmp_path / "run_1" / findings.ITEMS_FILE).write_text("{}")
+    assert findings.paired_cis(tmp_path, spec, ["run_1"], ["run_0"]) == {}  # run_0 has none
