@@ -65,9 +65,12 @@ def write_notes(
     return path
 
 
-def flag_prose(runs: list[RunRecord], found: findings.Findings, bands: dict) -> None:
+def flag_prose(
+    runs: list[RunRecord], found: findings.Findings, bands: dict[str, noise.Band]
+) -> None:
     """Flag, in each run's analysis, sentences stating a key-metric number no measurement
-    gave (values: the baseline's seed mean first, then every run's and confirmation seed's)."""
+    gave (values: the baseline's seed mean first, then every run's, then the confirmed arm's
+    mean; their differences from the first count too)."""
     measured: dict[str, list[float]] = {}
     effects = {e.metric: e for e in found.other} | {
         f.effect.metric: f.effect for f in found.rows if f.effect
