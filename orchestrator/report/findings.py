@@ -294,7 +294,8 @@ def paired_cis(
     files = [[workspace / d / ITEMS_FILE for d in dirs] for dirs in (run_dirs, baseline_dirs)]
     if not all(path.is_file() for group in files for path in group):
         return {}
-    command = expand_command(["{python}", "-m", "saelab.compare", "--a"], spec)
+    # -I: the lab's installed compare, never a saelab/ that agent code left in a directory
+    command = expand_command(["{python}", "-I", "-m", "saelab.compare", "--a"], spec)
     command += [str(p) for p in files[0]] + ["--b"] + [str(p) for p in files[1]]
     try:
         done = subprocess.run(

@@ -203,3 +203,26 @@ def test_paired_cis_need_every_items_file(tmp_path):
     (tmp_path / "run_1").mkdir()
     (tmp_path / "run_1" / findings.ITEMS_FILE).write_text("{}")
     assert findings.paired_cis(tmp_path, spec, ["run_1"], ["run_0"]) == {}  # run_0 has none
+
+
+def test_paired_cis_come_from_the_labs_compare(tmp_path):
+    import importlib.util
+
+    import numpy as np
+
+    if importlib.util.find_spec("saelab.compare") is None:
+        pytest.skip("saelab.compare (the evals branch) is not installed here")
+    spec = core_spec(tmp_path / "t")  # key metric "score" is eval.score, run by this python
+    rng = np.random.default_rng(0)
+    base = rng.normal(10, 3, size=300)
+    for name, shift in (("run_0", 0.0), ("run_1", 0.5), ("run_1_seed1", 0.5)):
+        values = (base + shift + rng.normal(0, 0.2, size=300)).tolist()
+        entry = {"items": "set-1", "form": "ratio", "num": [values], "den": None}
+        items = {"format": "saelab-items/1", "metrics": {"eval.score": entry}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / findings.ITEMS_FILE).write_text(json.dumps(items))
+    cis = findings.paired_cis(tmp_path, spec, ["run_1", "run_1_seed1"], ["run_0"])
+    low, high = cis["score"]
+    assert 0.4 < low < 0.5 < high < 0.6  # the shift, found on paired items
+    wide = effect([10.5, 10.51, 10.49], [10.0, 10.01, 9.99], ci=(low - 1, high))
+    assert decide(UP, wide) == NOISE  # a CI that reaches below 0 keeps the verdict open
