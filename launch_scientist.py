@@ -80,6 +80,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     limits.add_argument("--timeout", type=float, help="seconds per run (default: the template's)")
     limits.add_argument(
+        "--confirm-seeds",
+        type=int,
+        metavar="N",
+        help="run the best VALID run again at N more seeds before the findings (default: "
+        f"{session.CONFIRM_SEEDS} by the template's lab profile, else 0; 0 turns it off)",
+    )
+    limits.add_argument(
         "--max-cost",
         type=float,
         default=session.MAX_COST,
@@ -159,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         max_runs=args.max_runs,
         max_iters=args.max_iters,
         timeout=args.timeout,
+        confirm_seeds=args.confirm_seeds,
         max_cost=args.max_cost,
         results_dir=args.results_dir,
         templates_dir=args.template_dir,

@@ -127,6 +127,10 @@ MUTATIONS = [
     Mutation("no_code_check", "orchestrator/trust/judge.py", "    if code_digest(PROJECT) != code:", "    if False:", "a run measured by changed code is not VALID", JUDGE + (T + "trust/test_sandbox.py",)),
     Mutation("no_batch_purity", "saelab/referee.py", '"batch_independent": _batch_independent,', "", "the referee catches an SAE whose code mixes the batch", ("tests/lab/test_referee.py",)),
     Mutation("unpickling_referee", "saelab/referee.py", 'os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"', "pass", "a crafted artifact runs no code in the referee", ("tests/lab/test_referee.py",)),
+    # findings and confirmation (issue 21)
+    Mutation("rule_ignores_noise", "orchestrator/report/findings.py", "        low, high = self.difference - half, self.difference + half", "        low, high = self.difference, self.difference", "a difference inside both arms' seed noise decides nothing", (T + "report/test_findings.py",)),
+    Mutation("no_confirmation", "orchestrator/loop.py", "    plan = session.journal.confirmation() or _plan_confirmation(session, reason)", "    plan = None", "the best run is confirmed at more seeds", (T + "test_confirm.py::test_kill_during_a_confirmation_run_resumes_it",)),
+    Mutation("confirm_restarts", "orchestrator/journal.py", '        return [s for s in self.plan.get("seeds") or [] if s not in finished]', '        return list(self.plan.get("seeds") or [])', "a resumed confirmation does not run a finished seed again", (T + "test_confirm.py::test_kill_during_a_confirmation_run_resumes_it",)),
 ]
 # fmt: on
 

@@ -19,10 +19,32 @@ PLAYBOOKS = "playbooks"
 DEFAULT_TEMPLATE = "temporal_sae"
 REQUIRED_TEXT = ("Name", "Title", "Experiment")
 OPTIONAL_SCORES = ("Interestingness", "Feasibility", "Novelty")
+DIRECTIONS = ("up", "down", "not_worse")
+HYPOTHESIS = '{"metric": "<key metric>", "direction": "up"|"down"|"not_worse", "why": "..."}'
 
 
 class IdeaError(ValueError):
     """An idea or playbook is missing or malformed; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """What the idea expects of one key metric against the baseline (docs/interfaces.md).
+
+    `direction` "up"/"down": the difference from the baseline should be above/below 0;
+    "not_worse": it should stay on the good side of `margin`, a signed bound on the difference
+    (-0.005: at most 0.005 lower, for a metric where higher is better; +0.02: at most 0.02
+    higher, for one where lower is better)."""
+
+    metric: str  # a key-metric display name of the template
+    direction: str  # one of DIRECTIONS
+    why: str
+    margin: float = 0.0  # not_worse only; never 0 there
+
+    def describe(self) -> str:
+        if self.direction == "not_worse":
+            return f"{self.metric} not worse than {self.margin:+g}"
+        return f"{self.metric} {self.direction}"
 
 
 @dataclass(frozen=True)
@@ -34,6 +56,7 @@ class Idea:
     path: Path
     scores: dict[str, float] = field(default_factory=dict)  # Interestingness, Feasibility, ...
     raw: dict[str, Any] = field(default_factory=dict)  # the file as written, for the report
+    hypotheses: list[Hypothesis] = field(default_factory=list)  # "Hypotheses"; may be empty
 
 
 @dataclass(frozen=True)
@@ -76,7 +99,48 @@ def load_idea(name: str, ideas_dir: Path = IDEAS_DIR) -> Idea:
         path=path,
         scores=scores,
         raw=raw,
+        hypotheses=parse_hypotheses(raw.get("Hypotheses", []), path),
     )
+
+
+def parse_hypotheses(value: Any, path: Path) -> list[Hypothesis]:
+    """The idea's "Hypotheses" list, checked; one line naming the entry and the fix."""
+    if not isinstance(value, list):
+        raise IdeaError(f"{path}: field 'Hypotheses' must be a list of {HYPOTHESIS}")
+    return [_hypothesis(item, f"{path}: Hypotheses[{i}]") for i, item in enumerate(value)]
+
+
+def _hypothesis(item: Any, where: str) -> Hypothesis:
+    if not isinstance(item, dict):
+        raise IdeaError(f"{where} must be an object {HYPOTHESIS}")
+    for key in ("metric", "why"):
+        if not isinstance(item.get(key), str) or not item[key].strip():
+            raise IdeaError(f"{where}: '{key}' must be a non-empty string")
+    direction = item.get("direction")
+    if direction not in DIRECTIONS:
+        raise IdeaError(
+            f"{where}: 'direction' is {direction!r}; use one of {', '.join(DIRECTIONS)}"
+        )
+    margin = item.get("margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, int | float):
+        raise IdeaError(f"{where}: 'margin' must be a number, not {margin!r}")
+    if (direction == "not_worse") != (margin != 0):
+        raise IdeaError(
+            f"{where}: 'margin' (a signed, non-zero bound on the difference, e.g. -0.005) "
+            "goes with direction 'not_worse' and only with it"
+        )
+    return Hypothesis(item["metric"], direction, item["why"].strip(), float(margin))
+
+
+def check_hypotheses(idea: Idea, key_metrics: dict[str, str]) -> None:
+    """Every hypothesis must name one of the template's key metrics (by display name)."""
+    for i, hypothesis in enumerate(idea.hypotheses):
+        if hypothesis.metric not in key_metrics:
+            names = ", ".join(key_metrics) or "none"
+            raise IdeaError(
+                f"{idea.path}: Hypotheses[{i}]: metric {hypothesis.metric!r} is not a key metric "
+                f"of template '{idea.template}' ({names})"
+            )
 
 
 def list_ideas(ideas_dir: Path = IDEAS_DIR) -> list[Idea]:

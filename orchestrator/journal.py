@@ -18,6 +18,12 @@ loop writes, with their fields:
     end       reason
     skip      run_name, attempt, next_prompt (an agent turn that changed nothing)
     halt      error, reason (the LLM provider refused; resume goes on)
+    confirm   run_name, commit, seeds, reason (why the agent's runs ended); absent when no run
+              is confirmed (confirmation off, no seed_arg, no VALID run)
+    confirm_run      run_name (the seed's directory), of, seed, returncode, timed_out, seconds
+    confirm_verdict  as verdict, plus of and seed
+    confirm_done     run_name, of, seed, status (as run_done; a seed is never retried)
+    compare   cis (key metric -> [low, high]: the lab's paired per-item CI, when it has one)
 One attempt of a run is journalled as "run", then "verdict" (absent after a crash or timeout),
 then "run_done", which closes it; the report relies on that order.
 
@@ -40,6 +46,7 @@ log = logging.getLogger(__name__)
 
 # the kinds that move the loop's state machine, in the order one turn writes them
 STEP_KINDS = ("start", "prompt", "response", "commit", "run", "verdict", "run_done", "skip")
+STEP_KINDS += ("confirm",)  # the agent's runs ended; confirmation seeds follow
 
 
 def stamp(entry: dict) -> datetime:
@@ -112,6 +119,35 @@ class Attempt:
     @property
     def status(self) -> str:
         return self.done.get("status", "invalid")
+
+
+@dataclass
+class Confirmation:
+    """The confirmation of the best run: its plan (a "confirm" entry) and what ran since."""
+
+    plan: dict
+    done: list[dict]  # confirm_done entries, in order
+    verdicts: list[dict]  # the last VALID confirm_verdict of each seed that passed
+    cis: dict[str, list[float]]  # the lab's paired CIs, once computed
+
+    @property
+    def run_name(self) -> str | None:
+        return self.plan.get("run_name")
+
+    @property
+    def seeds_done(self) -> list[int]:
+        """Seeds whose run passed."""
+        return [e["seed"] for e in self.done if e.get("status") == "ok"]
+
+    @property
+    def pending(self) -> list[int]:
+        """Planned seeds with no confirm_done yet (a kill mid-run redoes that seed)."""
+        finished = {e["seed"] for e in self.done}
+        return [s for s in self.plan.get("seeds") or [] if s not in finished]
+
+    @property
+    def failed(self) -> list[int]:
+        return [e["seed"] for e in self.done if e.get("status") != "ok"]
 
 
 class Journal:
@@ -239,8 +275,27 @@ class Journal:
         return [e for e in self.entries("verdict") if e.get("ok")]
 
     def run_seconds(self, since: datetime) -> list[float]:
-        """Seconds of each run attempt that began at or after `since`."""
-        return [e["seconds"] for e in self.since(since) if e.get("kind") == "run"]
+        """Seconds of each run attempt (confirmation seeds included) that began at or after
+        `since`."""
+        runs = ("run", "confirm_run")
+        return [e["seconds"] for e in self.since(since) if e.get("kind") in runs]
+
+    def confirmation(self) -> Confirmation | None:
+        """The confirmation step, once the agent's runs have ended (None before)."""
+        plan = self.last("confirm")
+        if plan is None:
+            return None
+        after = [e for e in self.entries() if e["seq"] > plan["seq"]]
+        done = [e for e in after if e.get("kind") == "confirm_done"]
+        passed = {e["seed"] for e in done if e.get("status") == "ok"}
+        verdicts = {
+            e["seed"]: e
+            for e in after
+            if e.get("kind") == "confirm_verdict" and e.get("ok") and e.get("seed") in passed
+        }
+        compare = _last(after, "compare")
+        cis = dict(compare.get("cis") or {}) if compare else {}
+        return Confirmation(plan, done, [verdicts[s] for s in sorted(verdicts)], cis)
 
     def span(self) -> tuple[datetime, datetime] | None:
         """When the first and the last entry were written (None for an empty journal)."""

@@ -10,7 +10,13 @@ journal, so --resume after Ctrl-C, a crash or kill -9 continues exactly where th
     commit                      run, unless that reply ended the loop
     run / verdict               run again (a run cut off or never judged is simply redone)
     run_done / skip             send the prompt they recorded in "next_prompt"
+    confirm                     run the confirmation seeds that have no confirm_done yet
     end                         nothing left: rewrite the report
+
+When the agent's runs end, the best VALID run (report/findings.best_run) is confirmed: its
+committed experiment files are checked out again and it runs at each confirmation seed (the
+template's seed_arg), sandboxed and judged like any run, journaled as confirm_* entries; a seed
+that fails is recorded, not retried. Then the lab's paired per-item CIs, then "end".
 
 A run that crashes, times out or fails validation is a failure: the agent gets the stderr and
 stdout tails or the verdict, the run number does not advance, and after max_iters consecutive
@@ -31,6 +37,7 @@ from orchestrator.agent import llm
 from orchestrator.agent.replay_server import END_MARKER
 from orchestrator.console import console
 from orchestrator.envs import ENV_SECONDS, STARTED_AT
+from orchestrator.report import findings
 from orchestrator.report.closing import close
 from orchestrator.report.timing import Phases
 from orchestrator.session import (
@@ -45,20 +52,24 @@ from orchestrator.session import (
     resume,
     start,
 )
+from orchestrator.templates import seeded
 from orchestrator.trust.code import PROJECT, code_digest
 from orchestrator.trust.judge import judge, judged_artifacts, record
-from orchestrator.trust.runner import run_experiment
+from orchestrator.trust.runner import RunResult, run_experiment
 from orchestrator.trust.workspace import Commit
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from orchestrator.agent.coder import Agent
+    from orchestrator.journal import Confirmation
+    from orchestrator.templates import TemplateSpec
+    from orchestrator.trust.validate import Verdict
 
 
 @dataclass
 class Step:
-    kind: str  # "ask" | "after_turn" | "run" | "end"
+    kind: str  # "ask" | "after_turn" | "run" | "confirm" | "end"
     text: str = ""  # the prompt to send, the reply to process, or the end reason
 
 
@@ -104,6 +115,8 @@ def _pending_step(session: Session) -> Step:
         return _decide(session, session.journal.last("response")["text"], committed=True)
     if kind in ("run", "verdict"):
         return Step("run")
+    if kind == "confirm":
+        return Step("confirm", last["reason"])
     return _next_ask(session, last["next_prompt"])  # run_done / skip
 
 
@@ -116,6 +129,8 @@ def _drive(session: Session, agent: Agent, step: Step) -> None:
             step = _ask(session, agent, step.text)
         elif step.kind == "after_turn":
             step = _after_turn(session, step.text)
+        elif step.kind == "confirm":
+            step = _confirm(session, step.text)
         else:
             step = _run_and_judge(session)
     session.journal.append("end", reason=step.text)
@@ -145,9 +160,9 @@ def _decide(session: Session, reply: str, committed: bool) -> Step:
     """After a turn's edits are committed: end, run, or ask again after an empty diff."""
     if END_MARKER in reply:
         exhausted = session.server is not None and session.server.exhausted
-        return Step("end", "replay exhausted" if exhausted else "agent answered ALL_COMPLETED")
+        return Step("confirm", "replay exhausted" if exhausted else "agent answered ALL_COMPLETED")
     if session.finished_runs:
-        return Step("end", f"all {session.settings.max_runs} runs done")
+        return Step("confirm", f"all {session.settings.max_runs} runs done")
     return Step("run") if committed else _no_change(session)
 
 
@@ -169,38 +184,19 @@ def _run_and_judge(session: Session) -> Step:
     ws, spec = session.ws.root, session.spec
     name, attempt = session.run_name, session.failures + 1
     console.rule(f"{name}, attempt {attempt}")
-    timeout = session.settings.timeout or spec.timeout_seconds
-    result = run_experiment(ws, spec, name, timeout=timeout, live=session.live)
-    session.journal.append(
-        "run",
-        run_name=name,
-        attempt=attempt,
-        returncode=result.returncode,
-        timed_out=result.timed_out,
-        seconds=round(result.seconds, 3),
-    )
-    tampered = _guard(session, f"{name} (the experiment itself)", run_outputs=True)
+    result, tampered, timeout = _execute(session, spec, name, "run", attempt=attempt)
     verdict = None
-    if result.timed_out:
-        status, reason = "timeout", f"killed at the {timeout:.0f} s time limit"
-    elif result.over_quota:
-        status, reason = "crashed", "killed: its run directory grew past the size cap"
-    elif result.returncode != 0:
-        status, reason = "crashed", f"exit code {result.returncode}"
-    else:
-        earlier = judged_artifacts(ws, spec, session.journal.valid_verdicts())
-        verdict = judge(
-            ws, spec, name, earlier=earlier, tampered=tampered, code=session.code, live=session.live
-        )
-        fields = record(ws, spec, name, verdict)
-        commit = session.ws.repo.head.commit.hexsha
-        session.journal.append("verdict", run_name=name, **fields, commit=commit)
+    status, reason = _failed(result, timeout)
+    if not status:
+        verdict, fields = _judged(session, name, tampered, session.journal.valid_verdicts())
+        session.journal.append("verdict", run_name=name, **fields)
         status, reason = ("ok", "") if verdict.ok else ("invalid", "INVALID result")
     console.print(f"{name}: [bold]{status.upper()}[/] {reason}")
     if status == "ok":
         session.run_number, session.failures = session.run_number + 1, 0
         left = session.settings.max_runs - session.run_number + 1
-        prompt = prompts.after_run(ws, spec, name, verdict, session.run_name, left)
+        standing = findings.standing(ws, spec, session.journal, session.idea.hypotheses)
+        prompt = prompts.after_run(ws, spec, name, verdict, session.run_name, left, standing)
     else:
         session.failures += 1
         prompt = prompts.failure(
@@ -213,9 +209,103 @@ def _run_and_judge(session: Session) -> Step:
     return _next_ask(session, next_prompt)
 
 
+def _execute(
+    session: Session, spec: TemplateSpec, name: str, kind: str, **fields: object
+) -> tuple[RunResult, str, float]:
+    """Run `name` sandboxed, journal it as `kind` (with `fields`), then guard the protected
+    files; returns the result, what the run tampered with, and the time limit it had."""
+    timeout = session.settings.timeout or spec.timeout_seconds
+    result = run_experiment(session.ws.root, spec, name, timeout=timeout, live=session.live)
+    session.journal.append(
+        kind,
+        run_name=name,
+        **fields,
+        returncode=result.returncode,
+        timed_out=result.timed_out,
+        seconds=round(result.seconds, 3),
+    )
+    tampered = _guard(session, f"{name} (the experiment itself)", run_outputs=True)
+    return result, tampered, timeout
+
+
+def _judged(session: Session, name: str, tampered: str, judged: list[dict]) -> tuple[Verdict, dict]:
+    """The verdict on a finished run and what the journal keeps of it; `judged`: the VALID
+    verdicts so far, whose artifacts a new run must not copy."""
+    ws, spec = session.ws.root, session.spec
+    earlier = judged_artifacts(ws, spec, judged)
+    verdict = judge(
+        ws, spec, name, earlier=earlier, tampered=tampered, code=session.code, live=session.live
+    )
+    fields = record(ws, spec, name, verdict) | {"commit": session.ws.repo.head.commit.hexsha}
+    return verdict, fields
+
+
+def _failed(result: RunResult, timeout: float) -> tuple[str, str]:
+    """(status, reason) of a run that did not finish cleanly; ("", "") when it did."""
+    if result.timed_out:
+        return "timeout", f"killed at the {timeout:.0f} s time limit"
+    if result.over_quota:
+        return "crashed", "killed: its run directory grew past the size cap"
+    if result.returncode != 0:
+        return "crashed", f"exit code {result.returncode}"
+    return "", ""
+
+
+def _confirm(session: Session, reason: str) -> Step:
+    """Run the best VALID run again at the seeds still pending, then the lab's paired CIs."""
+    plan = session.journal.confirmation() or _plan_confirmation(session, reason)
+    if plan is None:
+        return Step("end", reason)
+    if plan.pending:
+        session.ws.checkout_editable(plan.plan["commit"])  # the code that run ran
+        try:
+            for seed in plan.pending:
+                _run_seed(session, plan.run_name, seed)
+        finally:
+            session.ws.reset_editable()
+        plan = session.journal.confirmation()
+    if not plan.cis:
+        runs = [plan.run_name] + [f"{plan.run_name}_seed{s}" for s in plan.seeds_done]
+        cis = findings.paired_cis(session.ws.root, session.spec, runs, [session.spec.baseline_run])
+        session.journal.append("compare", cis=cis)
+    return Step("end", reason)
+
+
+def _plan_confirmation(session: Session, reason: str) -> Confirmation | None:
+    """Journal which run is confirmed at which seeds; None (nothing journaled) when none is."""
+    hypotheses = findings.hypotheses_of(session.idea.hypotheses, session.spec)
+    best = findings.best_run(session.journal.valid_verdicts(), hypotheses)
+    count = session.settings.confirm_seeds or 0
+    why = findings.unconfirmed(count, session.spec) or ("" if best else "no VALID run")
+    console.print(f"[bold]confirmation:[/] {why or best['run_name'] + f' at {count} more seeds'}")
+    if why:
+        return None
+    seeds = list(range(1, count + 1))
+    session.journal.append(
+        "confirm", run_name=best["run_name"], commit=best["commit"], seeds=seeds, reason=reason
+    )
+    return session.journal.confirmation()
+
+
+def _run_seed(session: Session, of: str, seed: int) -> None:
+    """One confirmation seed of run `of`: run, guard, judge, journal; never retried."""
+    name = f"{of}_seed{seed}"
+    console.rule(f"{name}: {of} again at seed {seed}")
+    spec = seeded(session.spec, seed)
+    result, tampered, timeout = _execute(session, spec, name, "confirm_run", of=of, seed=seed)
+    status, _ = _failed(result, timeout)
+    if not status:
+        judged = session.journal.valid_verdicts() + session.journal.confirmation().verdicts
+        verdict, fields = _judged(session, name, tampered, judged)
+        session.journal.append("confirm_verdict", run_name=name, of=of, seed=seed, **fields)
+        status = "ok" if verdict.ok else "invalid"
+    session.journal.append("confirm_done", run_name=name, of=of, seed=seed, status=status)
+    console.print(f"{name}: [bold]{status.upper()}[/]")
+
+
 def _next_ask(session: Session, prompt: str) -> Step:
     if session.failures >= session.settings.max_iters:
-        return Step("end", f"{session.run_name} failed {session.failures} times in a row")
+        return Step("confirm", f"{session.run_name} failed {session.failures} times in a row")
     return Step("ask", prompt)
 
 

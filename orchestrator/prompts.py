@@ -46,10 +46,17 @@ def opening(
 
 
 def after_run(
-    workspace: Path, spec: TemplateSpec, name: str, verdict: Verdict, next_run: str, left: int
+    workspace: Path,
+    spec: TemplateSpec,
+    name: str,
+    verdict: Verdict,
+    next_run: str,
+    left: int,
+    standing: list[str] | None = None,
 ) -> str:
-    """After a VALID run: its numbers against the baseline's seed band, and what to do next
-    (`left` runs remain, the next being `next_run`)."""
+    """After a VALID run: its numbers against the baseline's seed band, where the hypotheses
+    stand (`standing`: report/findings.standing), and what to do next (`left` runs remain, the
+    next being `next_run`)."""
     return render(
         "after_run.j2",
         run_name=name,
@@ -60,6 +67,8 @@ def after_run(
         next_run=next_run if left > 0 else None,
         runs_left=left,
         end_marker=END_MARKER,
+        standing=standing or [],
+        baseline=spec.baseline_run,
     )
 
 

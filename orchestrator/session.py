@@ -26,7 +26,7 @@ from orchestrator.agent.llm import LLMChoice
 from orchestrator.agent.replay_server import ReplayServer
 from orchestrator.console import console
 from orchestrator.envs import SetupError
-from orchestrator.ideas import IDEAS_DIR, Idea, load_idea
+from orchestrator.ideas import IDEAS_DIR, Idea, check_hypotheses, load_idea
 from orchestrator.journal import Journal
 from orchestrator.prompts import display_command
 from orchestrator.report.timing import Phases
@@ -45,6 +45,9 @@ RESULTS_DIR = REPO / "results"
 MAX_RUNS = 5  # validated runs after the baseline
 MAX_ITERS = 4  # consecutive failed tries of one run before the loop gives up
 MAX_COST = 10.0  # USD of recorded LLM cost after which no further call is made
+# Confirmation seeds per lab profile (with the run itself, 3 seeds per arm like the baseline's);
+# a template with another profile or none confirms only when --confirm-seeds asks.
+CONFIRM_SEEDS = {"cpu": 2, "gpu": 2}
 
 
 class LoopError(RuntimeError):
@@ -72,6 +75,7 @@ class Settings:
     require_sandbox: bool = False  # refuse to run agent code where the sandbox is incomplete
     allow_dirty_code: bool = False  # start although orchestrator/ or saelab/ has local changes
     setup: bool = True  # run the template's setup_command (a batch runs it once, before)
+    confirm_seeds: int | None = None  # None: CONFIRM_SEEDS of the template's profile, else 0
 
 
 @dataclass
@@ -123,7 +127,10 @@ def start(settings: Settings, code: str, phases: Phases) -> Session:
             f"which is not in {settings.templates_dir}: fix the idea's 'Template' field"
         )
     spec = load_template(template_dir)
+    check_hypotheses(idea, spec.key_metrics)
     baseline_gate(spec)
+    if settings.confirm_seeds is None:
+        settings = replace(settings, confirm_seeds=CONFIRM_SEEDS.get(spec.profile, 0))
     choice = llm.choose(
         idea.name, settings.ideas_dir, settings.model, settings.api_base, settings.replay
     )
@@ -144,6 +151,7 @@ def start(settings: Settings, code: str, phases: Phases) -> Session:
         max_runs=settings.max_runs,
         max_iters=settings.max_iters,
         timeout=settings.timeout,
+        confirm_seeds=settings.confirm_seeds,
         pristine=ws.pristine,
     )
     _journal_setup(journal, phases.lab_caches, spec, code)
@@ -164,6 +172,7 @@ def resume(settings: Settings, code: str, phases: Phases) -> Session:
         max_runs=begun["max_runs"],
         max_iters=begun["max_iters"],
         timeout=settings.timeout if settings.timeout is not None else begun.get("timeout"),
+        confirm_seeds=begun.get("confirm_seeds") or 0,
     )
     idea = load_idea(recorded.idea, recorded.ideas_dir)
     spec = load_template(ws.root)

@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,7 @@ class TemplateSpec:
     profile: str = ""  # the one switch its commands share as {profile} (e.g. the lab's budget)
     resources: dict[str, float] = field(default_factory=lambda: dict(RESOURCES))  # Ray's ask
     objective: tuple[str, str] | None = None  # (key metric name, "max"|"min"): the best run
+    seed_arg: list[str] | None = None  # appended to run_command with {seed}: confirmation runs
 
 
 def load_template(template_dir: Path) -> TemplateSpec:
@@ -135,6 +136,7 @@ def load_template(template_dir: Path) -> TemplateSpec:
         ),
         resources=_resources(raw, bad),
         objective=_objective(raw, key_metrics, bad),
+        seed_arg=_seed_arg(raw, bad),
     )
     if spec.python not in PYTHONS:
         raise bad("python", f"must be one of {', '.join(PYTHONS)}, not {spec.python!r}")
@@ -293,6 +295,22 @@ def _resources(raw: dict, bad: Bad) -> dict[str, float]:
     if block.get("num_cpus", 1) <= 0:
         raise bad("resources.num_cpus", "must be more than 0")
     return RESOURCES | {name: float(value) for name, value in block.items()}
+
+
+def _seed_arg(raw: dict, bad: Bad) -> list[str] | None:
+    """["--seed={seed}"]: how a run is repeated at another seed (the confirmation step)."""
+    if raw.get("seed_arg") is None:
+        return None
+    parts = _str_list(raw, "seed_arg", bad)
+    if "{seed}" not in " ".join(parts):
+        raise bad("seed_arg", 'must contain "{seed}", e.g. ["--seed={seed}"]')
+    return parts
+
+
+def seeded(spec: TemplateSpec, seed: int) -> TemplateSpec:
+    """The spec whose run command runs at `seed` (its seed_arg appended)."""
+    extra = [part.replace("{seed}", str(seed)) for part in spec.seed_arg or []]
+    return replace(spec, run_command=[*spec.run_command, *extra])
 
 
 def _objective(raw: dict, key_metrics: dict[str, str], bad: Bad) -> tuple[str, str] | None:

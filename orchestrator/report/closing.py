@@ -9,8 +9,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.ideas import parse_hypotheses
 from orchestrator.journal import Journal, Usage
-from orchestrator.report import noise
+from orchestrator.report import findings, noise
 from orchestrator.report.notes import write_notes
 from orchestrator.report.plots import make_plots
 from orchestrator.report.records import RunRecord, collect_runs
@@ -33,7 +34,9 @@ def close(
     notes = write_notes(workspace, spec, journal, idea, replay_banner=banner)
     plots = make_plots(workspace, spec, journal, live=live)
     runs = collect_runs(workspace, spec, journal)
-    table = runs_table(runs, journal.usage(), journal.loop_seconds())
+    declared = parse_hypotheses(idea.get("Hypotheses", []), notes)
+    found = findings.compute(workspace, spec, journal, declared)
+    table = runs_table(runs, journal.usage(), journal.loop_seconds(), found)
     phases.notes_and_plots = time.perf_counter() - began
     console.print(table)
     console.print(f"notes: {notes}")
@@ -42,8 +45,11 @@ def close(
     console.print(phase_table(phases.seconds(journal)))
 
 
-def runs_table(runs: list[RunRecord], usage: Usage, wall_seconds: float) -> Table:
-    """The closing table: one column per run attempt, one row per key metric, totals below.
+def runs_table(
+    runs: list[RunRecord], usage: Usage, wall_seconds: float, found: findings.Findings | None = None
+) -> Table:
+    """The closing table: one column per run attempt, one row per key metric, totals below;
+    with `found`, a last column gives each metric's finding (report/findings.py).
 
     Runs as columns keep it readable at 80 columns with a dozen metrics; numbers are shown to
     4 significant digits here (notes.txt has them in full).
@@ -56,9 +62,19 @@ def runs_table(runs: list[RunRecord], usage: Usage, wall_seconds: float) -> Tabl
     table.add_column("")
     for run in runs:
         table.add_column(run.name + (f" #{run.attempt}" if run.attempt else ""), justify="right")
+    extra = [] if found is None else [""]
+    if found is not None:
+        table.add_column(f"finding ({found.run_name or 'no run'})")
     verdicts = [f"[{'green' if run.status == 'ok' else 'red'}]{run.label}[/]" for run in runs]
-    table.add_row("verdict", *verdicts)
-    table.add_row("seconds", *("" if r.seconds is None else f"{r.seconds:.0f}" for r in runs))
+    table.add_row("verdict", *verdicts, *extra)
+    seconds = ("" if r.seconds is None else f"{r.seconds:.0f}" for r in runs)
+    table.add_row("seconds", *seconds, *extra)
     for name in names:
-        table.add_row(name, *(noise.short(run.metrics.get(name)) for run in runs))
+        finding = [] if found is None else [_styled(found.verdict_of(name))]
+        table.add_row(name, *(noise.short(run.metrics.get(name)) for run in runs), *finding)
     return table
+
+
+def _styled(verdict: str) -> str:
+    colour = {findings.SUPPORTED: "green", findings.CONTRADICTED: "red"}.get(verdict)
+    return f"[{colour}]{verdict}[/]" if colour else verdict

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from orchestrator.ideas import parse_hypotheses
 from orchestrator.journal import Journal
-from orchestrator.report import noise
+from orchestrator.report import findings, noise
 from orchestrator.report.records import RunRecord, collect_runs
 from orchestrator.templates import TemplateSpec
 from orchestrator.text import render
@@ -37,12 +38,17 @@ def write_notes(
     usage = journal.usage()
     runs = collect_runs(workspace, spec, journal)
     bands = noise.load_bands(workspace, spec)
+    declared = parse_hypotheses(idea.get("Hypotheses", []), path)
+    found = findings.compute(workspace, spec, journal, declared)
+    flag_prose(runs, found, bands)
     text = render(
         "notes.txt.j2",
         mark=GENERATED_MARK,
         title=idea.get("Title") or idea.get("Name") or spec.name,
         description=idea.get("Experiment") or idea.get("Description") or "",
         replay_banner=replay_banner,
+        findings=found,
+        baseline=spec.baseline_run,
         template=spec.name,
         result_file=spec.result_file,
         measured_file=spec.referee.result_file if spec.referee else None,
@@ -57,6 +63,26 @@ def write_notes(
     )
     path.write_text(text)
     return path
+
+
+def flag_prose(
+    runs: list[RunRecord], found: findings.Findings, bands: dict[str, noise.Band]
+) -> None:
+    """Flag, in each run's analysis, sentences stating a key-metric number no measurement
+    gave (values: the baseline's seed mean first, then every run's, then the confirmed arm's
+    mean; their differences from the first count too)."""
+    measured: dict[str, list[float]] = {}
+    effects = {e.metric: e for e in found.other} | {
+        f.effect.metric: f.effect for f in found.rows if f.effect
+    }
+    for name in runs[0].metrics if runs else []:
+        values = [bands[name].mean] if name in bands else []
+        values += [run.metrics.get(name) for run in runs]
+        if name in effects:
+            values.append(effects[name].run.mean)
+        measured[name] = [float(v) for v in values if noise.is_number(v)]
+    for run in runs[1:]:
+        run.analysis = findings.flag_numbers(run.analysis, measured)
 
 
 def _agent_notes(path: Path) -> str:

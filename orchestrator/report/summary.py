@@ -19,8 +19,9 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.ideas import IdeaError, load_idea
 from orchestrator.journal import Journal, stamp
-from orchestrator.report import noise
+from orchestrator.report import findings, noise
 from orchestrator.templates import TemplateSpec, load_template
 from orchestrator.trust.validate import REPORTED, validate_run
 from orchestrator.trust.workspace import JOURNAL
@@ -46,6 +47,7 @@ class IdeaSummary:
     tokens: int = 0
     cost: float = 0.0
     wall_seconds: float = math.nan  # first to last journal entry
+    findings: list[str] = field(default_factory=list)  # '<hypothesis>: <verdict>' per hypothesis
 
 
 def ideas_in(results_dir: Path) -> list[str]:
@@ -91,7 +93,20 @@ def summarize(idea: str, template: str, workspace: Path | None, error: str = "")
         tokens=usage.tokens,
         cost=usage.cost,
         wall_seconds=journal.wall_seconds(),
+        findings=_findings(workspace, spec, journal),
     )
+
+
+def _findings(workspace: Path, spec: TemplateSpec, journal: Journal) -> list[str]:
+    """Each hypothesis of the idea the workspace began with, and its verdict."""
+    begun = journal.started or {}
+    try:
+        idea = load_idea(begun["idea"], Path(begun["ideas_dir"]))
+    except (KeyError, TypeError, IdeaError) as error:
+        log.warning("%s: no hypotheses read (%s)", workspace, error)
+        return []
+    found = findings.compute(Path(workspace), spec, journal, idea.hypotheses)
+    return [f"{row.hypothesis.describe()}: {row.verdict}" for row in found.rows]
 
 
 def _best(valid: list[dict], spec: TemplateSpec) -> dict | None:
@@ -116,6 +131,7 @@ def rows(group: list[IdeaSummary]) -> tuple[list[str], list[list[str]]]:
     table = [
         ["state", "", *(s.state for s in group)],
         ["best VALID run", "run_0", *(s.best or "none" for s in group)],
+        ["hypotheses", "", *("; ".join(s.findings) or "none" for s in group)],
     ]
     for name in names:
         base = noise.baseline_cell(first.baseline.get(name), first.bands.get(name))

@@ -23,7 +23,7 @@ import git
 MANIFEST = Path(".git") / "scientist" / "manifest.json"
 JOURNAL = "journal.jsonl"
 # Outputs the orchestrator itself writes; never counted as "added" by the agent.
-RUN_DIR = re.compile(r"run_\d+$")
+RUN_DIR = re.compile(r"run_\d+(_seed\d+)?$")  # run_2_seed1: a confirmation seed
 IGNORED_PARTS = {".git", "__pycache__", ".pytest_cache", ".scratch"}
 IGNORED_NAMES = {JOURNAL}
 IGNORED_PREFIXES = (".aider",)
@@ -156,6 +156,12 @@ class Workspace:
     def reset_editable(self) -> None:
         """Put the editable files back to the last commit (a half-applied interrupted turn)."""
         self.repo.git.checkout("HEAD", "--", *self.editable)
+
+    def checkout_editable(self, commit: str) -> None:
+        """Put the editable files as they were at `commit` (those it had) into the tree."""
+        present = self.repo.git.ls_tree("--name-only", commit, "--", *self.editable).split()
+        if present:
+            self.repo.git.checkout(commit, "--", *present)
 
     def patches(self) -> list[str]:
         """The diff of every commit after the pristine one, oldest first (for replay checks)."""

@@ -16,6 +16,7 @@ import pytest
 from orchestrator import prompts
 from orchestrator.ideas import load_idea
 from orchestrator.journal import Journal
+from orchestrator.report import findings
 from orchestrator.report.notes import write_notes
 from orchestrator.templates import load_template
 from orchestrator.trust.runner import RunResult
@@ -39,9 +40,11 @@ def rendered(ws: Path) -> dict[str, str]:
         log_path=ws / "run_1" / "log.txt",
     )
     verdict = validate_run(ws / "run_1", spec)
+    journal = Journal(ws / "journal.jsonl")
+    standing = findings.standing(ws, spec, journal, idea.hypotheses)
     texts = {
         "opening.txt": prompts.opening(ws, spec, idea, 2, 4, spec.timeout_seconds),
-        "after_run.txt": prompts.after_run(ws, spec, "run_1", verdict, "run_2", 1),
+        "after_run.txt": prompts.after_run(ws, spec, "run_1", verdict, "run_2", 1, standing),
         "failure.txt": prompts.failure(spec, "run_1", 1, 4, "exit code 1", None, crash),
         "invalid.txt": prompts.failure(spec, "run_1", 1, 4, "INVALID result", verdict, crash),
         "no_change.txt": prompts.no_change(spec, "run_2", 1, 4),
@@ -49,7 +52,6 @@ def rendered(ws: Path) -> dict[str, str]:
             spec, "run_1 (the experiment itself)", "modified: run_0/x", True
         ),
     }
-    journal = Journal(ws / "journal.jsonl")
     texts["notes.txt"] = write_notes(ws, spec, journal, idea.raw, "REPLAY banner").read_text()
     return texts
 
