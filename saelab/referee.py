@@ -37,11 +37,12 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from saelab.activations import harvest  # noqa: E402
+from saelab import dashboards  # noqa: E402
+from saelab.activations import ActivationCache, harvest  # noqa: E402
 from saelab.artifact import FILES, ArtifactError, ExportedSAE, load_artifact, sha256_files  # noqa: E402
 from saelab.cache import SaelabError  # noqa: E402
 from saelab.evals import EVALS, run_evals  # noqa: E402
-from saelab.models import load_model  # noqa: E402
+from saelab.models import LanguageModel, load_model  # noqa: E402
 from saelab.profiles import Profile, profile  # noqa: E402
 
 console = Console(stderr=True)
@@ -109,8 +110,11 @@ def _decodes_any_code(sae: ExportedSAE, x_BLD: Tensor) -> bool:
     return other.shape == x_BLD.shape and bool(torch.isfinite(other).all())
 
 
-def measure(run_dir: Path, lab: Profile, evals: tuple[str, ...] = EVALS) -> dict:
-    """Everything the referee writes for `run_dir` (see the module docstring)."""
+def measure(
+    run_dir: Path, lab: Profile, evals: tuple[str, ...] = EVALS, out: Path | None = None
+) -> dict:
+    """Everything the referee writes for `run_dir` (see the module docstring); with `out`,
+    the feature dashboards are written beside it."""
     start = time.perf_counter()
     sae = load_artifact(run_dir)
     twin_dir = run_dir / TWIN_DIR
@@ -134,9 +138,24 @@ def measure(run_dir: Path, lab: Profile, evals: tuple[str, ...] = EVALS) -> dict
         "twin_sha256": sha256_files([twin_dir / name for name in FILES]) if twin else None,
         "n_weights": sae.n_weights,
         "purity": facts,
+        "dashboards_sha256": _dashboards(sae, model, test, out),
         "seconds": round(time.perf_counter() - start, 2),
     }
     return {"referee": record, **blocks}
+
+
+def _dashboards(
+    sae: ExportedSAE, model: LanguageModel, test: ActivationCache, out: Path | None
+) -> str | None:
+    """saelab.dashboards for the artifact on the held-out split, written beside `out`;
+    returns their sha256 (None without `out`)."""
+    if out is None:
+        return None
+    unembed = model.hf_model.get_output_embeddings().weight
+    data = dashboards.build(
+        sae, test.acts, test.tokens, unembed, lambda i: model.tokenizer.decode([i])
+    )
+    return dashboards.write(data, out.with_name(dashboards.DASHBOARDS_FILE))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = measure(
-            args.run_dir.resolve(), profile(args.profile), tuple(args.evals.split(","))
+            args.run_dir.resolve(), profile(args.profile), tuple(args.evals.split(",")), args.out
         )
     except (ArtifactError, SaelabError, ValueError) as error:
         console.print(f"[red]referee:[/] {error}", highlight=False)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from orchestrator.journal import Journal, Usage
 from orchestrator.report import noise
+from orchestrator.report.html import write_report
 from orchestrator.report.notes import write_notes
 from orchestrator.report.plots import make_plots
 from orchestrator.report.records import RunRecord, collect_runs
@@ -28,10 +29,12 @@ def close(
     console: Console,
     live: bool,
 ) -> None:
-    """Write notes.txt and the plots, then print the runs table and the time by phase."""
+    """Write notes.txt, the plots and report.html; print the runs table, the time by phase
+    and report.html's path last."""
     began = time.perf_counter()
     notes = write_notes(workspace, spec, journal, idea, replay_banner=banner)
     plots = make_plots(workspace, spec, journal, live=live)
+    report = write_report(workspace, spec, journal, dict(idea))
     runs = collect_runs(workspace, spec, journal)
     table = runs_table(runs, journal.usage(), journal.loop_seconds())
     phases.notes_and_plots = time.perf_counter() - began
@@ -40,6 +43,7 @@ def close(
     for plot in plots:
         console.print(f"plot: {plot}")
     console.print(phase_table(phases.seconds(journal)))
+    console.print(f"report: {report} (open it in a browser)")
 
 
 def runs_table(runs: list[RunRecord], usage: Usage, wall_seconds: float) -> Table:
