@@ -43,7 +43,8 @@ def close(
     for plot in plots:
         console.print(f"plot: {plot}")
     console.print(phase_table(phases.seconds(journal)))
-    console.print(f"report: {report} (open it in a browser)")
+    # one line, however long the path: a person copies it from the terminal
+    console.print(f"report: {report} (open it in a browser)", soft_wrap=True, highlight=False)
 
 
 def runs_table(runs: list[RunRecord], usage: Usage, wall_seconds: float) -> Table:

@@ -220,5 +220,13 @@ def _idea_link(results_dir: Path, summary: IdeaSummary) -> dict[str, Any]:
         "idea": summary.idea,
         "state": summary.state,
         "best": summary.best or "none",
-        "href": report.relative_to(results_dir).as_posix() if exists else None,
+        "href": _href(report, results_dir) if exists else None,
     }
+
+
+def _href(report: Path, results_dir: Path) -> str:
+    """A link that still works when the results folder is moved: relative where possible."""
+    try:
+        return report.relative_to(results_dir).as_posix()
+    except ValueError:
+        return report.resolve().as_uri()

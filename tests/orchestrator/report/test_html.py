@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from html.parser import HTMLParser
@@ -19,7 +20,7 @@ from orchestrator.report import html, summary
 from orchestrator.report.notes import write_notes
 from orchestrator.report.plots import make_plots
 from orchestrator.trust.workspace import file_digests
-from tests.orchestrator.helpers import REPO, core_result, core_spec, core_write_run
+from tests.orchestrator.helpers import REPO, core_result, core_spec, core_write_run, set_knob
 
 IDEA = {"Name": "toy", "Title": "Toy idea", "Experiment": "Train the toy model longer."}
 ANALYSIS = "Run 1: <b>bold</b> claim & more; the loss fell."
@@ -189,20 +190,32 @@ def test_dashboards_are_shown_only_with_the_digest_the_referee_recorded(workspac
 
 def test_the_batch_report_links_each_ideas_report(workspace, spec, tmp_path):
     written(workspace, spec)
-    shutil.copy(spec.path if hasattr(spec, "path") else tmp_path / "template" / "template.json",
-                workspace / "template.json")  # fmt: skip
+    shutil.copy(tmp_path / "template" / "template.json", workspace)  # summarize reads it
     rows = [summary.summarize("toy", "toy", workspace), summary.summarize("other", "toy", None)]
     page = html.write_batch_report(tmp_path, rows).read_text()
     assert '<a href="ws/report.html">report</a>' in page
     assert "(no report.html yet)" in page and "Template toy" in page
 
 
-@pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="no Debian chromium: apt-get install -y chromium chromium-driver (.ci/run does)",
-)
+def _browser_or_skip() -> None:
+    """Skip without Debian's chromium or selenium, except where CI asks for the browser test
+    (.ci/run sets SAE_REQUIRE_BROWSER=1 after installing it): there a missing one fails."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip install -e .[orch])")
+    if missing:
+        why = f"missing {', '.join(missing)}: apt-get install -y chromium chromium-driver"
+        if os.environ.get("SAE_REQUIRE_BROWSER"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
 def test_the_page_in_a_real_headless_chromium(workspace, spec, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install -e .[orch]")
+    _browser_or_skip()
+    from selenium import webdriver
+
     page = html.write_report(workspace, spec, Journal(workspace / "journal.jsonl"), IDEA)
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
@@ -238,3 +251,33 @@ def test_the_page_in_a_real_headless_chromium(workspace, spec, tmp_path):
         assert browser.save_screenshot(str(SCREENSHOT))  # for a person to look at
     finally:
         browser.quit()
+
+
+def test_the_real_loop_writes_report_html_and_names_it_last(run_loop, reply, capfd):
+    responses = [
+        set_knob(reply, "More steps.", "steps", "300"),
+        reply("Done: <i>better</i>.", tail="ALL_COMPLETED"),
+    ]
+    ws, _ = run_loop(responses, max_runs=1)
+    page = (ws / html.REPORT_FILE).read_text()
+    assert 'run_1 (attempt 1): <span class="ok">VALID</span>' in page
+    assert "steps = 300" in page  # the agent's edit, from git
+    assert "Done: &lt;i&gt;better&lt;/i&gt;." in page
+    out = capfd.readouterr().out.strip().splitlines()
+    assert out[-1] == f"report: {ws / html.REPORT_FILE} (open it in a browser)"
+    assert "report.html, beside" in (ws / "notes.txt").read_text()
+
+
+def test_a_crashed_run_shows_the_diff_of_the_commit_it_ran(workspace, spec):
+    (workspace / "experiment.py").write_text("lr = 1e9  # too far\n")
+    repo = Repo(workspace)
+    repo.index.add(["experiment.py"])
+    sha = repo.index.commit("run_2: a huge step", author=ME, committer=ME).hexsha
+    journal = Journal(workspace / "journal.jsonl")
+    journal.append("commit", sha=sha, message="run_2", files=["experiment.py"])
+    journal.append("run", run_name="run_2", attempt=1, returncode=1, timed_out=False, seconds=1.0)
+    journal.append("run_done", run_name="run_2", status="crashed")
+    page = written(workspace, spec)[1]
+    run_2 = page.split('id="run-2"')[1]
+    assert "CRASHED" in run_2 and f"commit {sha}" in run_2 and "too far" in run_2
+    assert "+lr = 0.05" not in run_2 and "-lr = 0.05" in run_2  # against run_1's code
