@@ -25,7 +25,7 @@ from pygments.lexers import DiffLexer
 
 from orchestrator.journal import Attempt, Journal
 from orchestrator.report import noise
-from orchestrator.report.notes import NOTES_FILE, _agent_notes
+from orchestrator.report.notes import NOTES_FILE, _agent_notes, metric_rows
 from orchestrator.report.records import RunRecord, collect_runs
 from orchestrator.report.summary import LEGEND, IdeaSummary, best_valid, groups, rows
 from orchestrator.templates import TemplateSpec
@@ -76,7 +76,7 @@ def write_report(
         description=idea.get("Experiment") or idea.get("Description") or "",
         template=spec.name,
         findings=findings or NO_FINDINGS,
-        table=metric_rows(runs, list(spec.key_metrics), bands),
+        table=_table(runs, list(spec.key_metrics), bands),
         n_seeds=max((band.n_seeds for band in bands.values()), default=0),
         factor=noise.NOISE_FACTOR,
         runs=views,
@@ -92,20 +92,12 @@ def write_report(
     return path
 
 
-def metric_rows(
+def _table(
     runs: list[RunRecord], names: list[str], bands: dict[str, noise.Band]
 ) -> list[list[str]]:
-    """The key-metric table notes.txt shows, as rows: header, verdicts, one row per metric,
-    cells from the same noise.baseline_cell / noise.cell."""
-    header = ["", *(run.name + (f" #{run.attempt}" if run.attempt else "") for run in runs)]
-    table = [header, ["verdict", *(run.label for run in runs)]]
-    base = runs[0]
-    for name in names:
-        band, baseline = bands.get(name), base.metrics.get(name)
-        cells = [noise.baseline_cell(baseline, band)]
-        cells += [noise.cell(run.metrics.get(name), baseline, band) for run in runs[1:]]
-        reported = any(run.sources.get(name) == "reported" for run in runs)
-        table.append([name + (" (reported by the experiment)" if reported else ""), *cells])
+    """notes.txt's key-metric rows (one source), the verdict row labelled."""
+    table = metric_rows(runs, names, bands)
+    table[1][0] = "verdict"
     return table
 
 
