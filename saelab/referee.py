@@ -9,8 +9,10 @@ profile (saelab.profiles), whatever the experiment trained on. A twin SAE handed
 `twin/` is measured for feature stability. Writes one JSON object:
 
     {"referee": {lab_version, profile, artifact_sha256, twin_sha256, n_weights, purity,
-                 seconds}, "core": {...}, "sparse_probing": {...}, "unlearning": {...},
-     "temporal": {...}}
+                 dashboards_sha256, seconds}, "core": {...}, "sparse_probing": {...},
+     "unlearning": {...}, "temporal": {...}}
+
+and, beside it, the feature dashboards (saelab.dashboards) whose digest it records.
 
 Purity facts (1.0 holds, 0.0 violated), each a template rule:
     stateless         no buffer is written by a call, and the same input gives the same output
