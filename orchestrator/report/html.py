@@ -75,6 +75,7 @@ def write_report(
         title=idea.get("Title") or idea.get("Name") or spec.name,
         description=idea.get("Experiment") or idea.get("Description") or "",
         template=spec.name,
+        measured=spec.referee is not None,
         findings=findings or NO_FINDINGS,
         table=_table(runs, list(spec.key_metrics), bands),
         n_seeds=max((band.n_seeds for band in bands.values()), default=0),

@@ -281,3 +281,11 @@ def test_a_crashed_run_shows_the_diff_of_the_commit_it_ran(workspace, spec):
     run_2 = page.split('id="run-2"')[1]
     assert "CRASHED" in run_2 and f"commit {sha}" in run_2 and "too far" in run_2
     assert "+lr = 0.05" not in run_2 and "-lr = 0.05" in run_2  # against run_1's code
+
+
+def test_without_a_referee_the_page_claims_no_measurement(workspace, tmp_path):
+    spec = core_spec(tmp_path / "bare")  # the same template without its referee
+    page = written(workspace, spec)[1]
+    assert "This template has no referee" in page and "measured by the" not in page
+    assert "(none: this template has no referee to compute them)" in page
+    assert 'id="run_1-latent-17"' not in page
