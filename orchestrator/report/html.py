@@ -81,7 +81,7 @@ def write_report(
         n_seeds=max((band.n_seeds for band in bands.values()), default=0),
         factor=noise.NOISE_FACTOR,
         runs=views,
-        dashboards=[v for v in views if v.record.name in shown and v.record.status == "ok"],
+        dashboards=[v for v in views if v.record.name in shown and _current(v.record)],
         plots=sorted(p.relative_to(workspace).as_posix() for p in _plots(workspace)),
         usage=journal.usage(),
         turns=journal.turns(),
@@ -100,6 +100,11 @@ def _table(
     table = metric_rows(runs, names, bands)
     table[1][0] = "verdict"
     return table
+
+
+def _current(record: RunRecord) -> bool:
+    """A VALID run whose directory still holds what its verdict judged."""
+    return record.status == "ok" and not record.from_journal
 
 
 def _pairs(runs: list[RunRecord], journal: Journal) -> list[tuple[RunRecord, Attempt]]:

@@ -289,3 +289,37 @@ def test_without_a_referee_the_page_claims_no_measurement(workspace, tmp_path):
     assert "This template has no referee" in page and "measured by the" not in page
     assert "(none: this template has no referee to compute them)" in page
     assert 'id="run_1-latent-17"' not in page
+
+
+# a stand-in lab referee: its JSON, and dashboards beside it whose digest the JSON records
+FAKE_REFEREE = """
+import hashlib, json, sys
+from pathlib import Path
+out = Path(sys.argv[2])
+text = Path(sys.argv[3]).read_text()
+out.with_name("dashboards.json").write_text(text)
+digest = hashlib.sha256(text.encode()).hexdigest()
+record = {"artifact_sha256": "a" * 64, "lab_version": "fake", "dashboards_sha256": digest}
+out.write_text(json.dumps({"referee": record}))
+"""
+
+
+def test_the_referees_dashboards_reach_the_run_dir_and_the_page(workspace, tmp_path):
+    from orchestrator.trust import referee
+
+    panels = tmp_path / "panels.json"
+    panels.write_text(json.dumps(dashboards_json() | {"rule": "copied by the loop"}))
+    command = ["{python}", "-c", FAKE_REFEREE, "{run_dir}", "{out_file}", str(panels)]
+    spec = core_spec(tmp_path / "faked", referee={"command": command})
+    for name in ("referee.json", html.DASHBOARDS_FILE):
+        (workspace / "run_1" / name).unlink()
+    assert referee.measure(workspace, spec, "run_1", earlier={}, live=False) == []
+    copied = json.loads((workspace / "run_1" / html.DASHBOARDS_FILE).read_text())
+    assert copied["rule"] == "copied by the loop"
+    journal = Journal(workspace / "journal.jsonl")
+    journal.append("verdict", run_name="run_1", ok=True, problems=[], metrics={},
+                   files=file_digests(workspace / "run_1"), commit=None)  # fmt: skip
+    journal.append("run_done", run_name="run_1", status="ok")
+    page = html.write_report(workspace, spec, journal, IDEA).read_text()
+    assert page.count("Latents: copied by the loop") == 1  # the latest attempt's alone
+    assert "(no dashboards: replaced)" not in page  # the replaced attempt is not listed
