@@ -17,13 +17,13 @@ N, L, D, F, V = 24, 32, 16, 40, 50
 
 
 class Linear(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, d: int = D) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.W_enc = nn.Parameter(torch.randn(D, F) / D**0.5)
+        self.W_enc = nn.Parameter(torch.randn(d, F) / d**0.5)
         self.b_enc = nn.Parameter(torch.linspace(-1.5, 0.5, F))  # frequencies differ
-        self.W_dec = nn.Parameter(torch.randn(F, D))
-        self.b_dec = nn.Parameter(torch.randn(D))
+        self.W_dec = nn.Parameter(torch.randn(F, d))
+        self.b_dec = nn.Parameter(torch.randn(d))
         self.d_sae = F
 
     def encode(self, x: Tensor) -> Tensor:
@@ -89,3 +89,25 @@ def test_write_records_the_digest_of_what_it_wrote(tmp_path: Path) -> None:
     digest = dashboards.write(data, path)
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
     assert json.loads(path.read_text())["latents"][0]["contexts"]
+
+
+def test_the_referee_writes_them_beside_its_json_for_a_real_artifact(tmp_path: Path) -> None:
+    """The hook on the real model (tiny profile, no evals): Gemma's tokenizer and unembedding,
+    the exported artifact, the digest in the referee's record."""
+    from saelab.artifact import save_artifact
+    from saelab.profiles import profile
+    from saelab.referee import measure
+
+    sae = Linear(d=640)  # Gemma 3 270M's residual width
+    run_dir = tmp_path / "run"
+    save_artifact(sae.encode, sae.decode, torch.randn(2, 8, 640), run_dir, owner=sae)
+    out = tmp_path / "out" / "referee.json"
+    out.parent.mkdir()
+    record = measure(run_dir, profile("tiny"), evals=(), out=out)["referee"]
+    written = out.with_name(dashboards.DASHBOARDS_FILE).read_bytes()
+    assert record["dashboards_sha256"] == hashlib.sha256(written).hexdigest()
+    data = json.loads(written)
+    assert len(data["latents"]) == dashboards.N_FREQUENT + dashboards.N_PEAK
+    context = data["latents"][0]["contexts"][0]
+    assert all(isinstance(t, str) for t in context["tokens"]) and context["activation"] > 0
+    assert len(data["latents"][0]["logits_up"]) == dashboards.N_LOGITS
