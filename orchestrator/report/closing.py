@@ -34,7 +34,7 @@ def close(
     began = time.perf_counter()
     notes = write_notes(workspace, spec, journal, idea, replay_banner=banner)
     plots = make_plots(workspace, spec, journal, live=live)
-    report = write_report(workspace, spec, journal, dict(idea))
+    report = write_report(workspace, spec, journal, idea)
     runs = collect_runs(workspace, spec, journal)
     table = runs_table(runs, journal.usage(), journal.loop_seconds())
     phases.notes_and_plots = time.perf_counter() - began

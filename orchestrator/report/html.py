@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def write_report(
     workspace: Path,
     spec: TemplateSpec,
     journal: Journal,
-    idea: dict,
+    idea: Mapping,
     findings: str | None = None,
 ) -> Path:
     """Render text/report.html.j2 into `workspace/report.html` and return its path. `findings`:
