@@ -254,6 +254,12 @@ class Journal:
             )
         return attempts
 
+    def commit_before(self, seq: int) -> dict | None:
+        """The last commit entry (sha, message, files) written before entry `seq`: the code
+        an attempt whose run entry is `seq` ran."""
+        found = [e for e in self.entries("commit") if e["seq"] < seq]
+        return found[-1] if found else None
+
     def passed_runs(self) -> list[str]:
         """Names of the runs whose attempt passed, in order."""
         return [e["run_name"] for e in self.entries("run_done") if e.get("status") == "ok"]

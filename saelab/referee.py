@@ -10,12 +10,13 @@ profile (saelab.profiles), whatever the experiment trained on. A twin SAE handed
 `twin/` is measured for feature stability. Writes one JSON object:
 
     {"referee": {lab_version, profile, artifact_sha256, twin_sha256, n_weights, purity,
-                 seconds, items_sha256, items_file}, "core": {...}, "sparse_probing": {...},
-     "unlearning": {...}, "temporal": {...}}
+                 dashboards_sha256, seconds, items_sha256, items_file}, "core": {...},
+     "sparse_probing": {...}, "unlearning": {...}, "temporal": {...}}
 
 and, at --items-out (default referee_items.json beside --out), every key metric's per-item
 values (format saelab-items/1, read by saelab.compare without torch), whose sha256 is
-referee.items_sha256.
+referee.items_sha256; and, beside --out, the feature dashboards (saelab.dashboards) whose
+digest it records.
 
 Purity facts (1.0 holds, 0.0 violated), each a template rule:
     stateless         no buffer is written by a call, and the same input gives the same output
@@ -42,12 +43,13 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from saelab.activations import harvest  # noqa: E402
+from saelab import dashboards  # noqa: E402
+from saelab.activations import ActivationCache, harvest  # noqa: E402
 from saelab.artifact import FILES, ArtifactError, ExportedSAE, load_artifact, sha256_files  # noqa: E402
 from saelab.cache import SaelabError  # noqa: E402
 from saelab.compare import FORMAT as ITEMS_FORMAT  # noqa: E402
 from saelab.evals import EVALS, run_evals  # noqa: E402
-from saelab.models import load_model  # noqa: E402
+from saelab.models import LanguageModel, load_model  # noqa: E402
 from saelab.profiles import Profile, profile  # noqa: E402
 
 console = Console(stderr=True)
@@ -118,8 +120,11 @@ def _decodes_any_code(sae: ExportedSAE, x_BLD: Tensor) -> bool:
     return other.shape == x_BLD.shape and bool(torch.isfinite(other).all())
 
 
-def measure(run_dir: Path, lab: Profile, evals: tuple[str, ...] = EVALS) -> dict:
-    """Everything the referee writes for `run_dir` (see the module docstring)."""
+def measure(
+    run_dir: Path, lab: Profile, evals: tuple[str, ...] = EVALS, out: Path | None = None
+) -> dict:
+    """Everything the referee writes for `run_dir` (see the module docstring); with `out`,
+    the feature dashboards are written beside it."""
     start = time.perf_counter()
     sae = load_artifact(run_dir)
     twin_dir = run_dir / TWIN_DIR
@@ -152,6 +157,7 @@ def measure(run_dir: Path, lab: Profile, evals: tuple[str, ...] = EVALS) -> dict
         "twin_sha256": sha256_files([twin_dir / name for name in FILES]) if twin else None,
         "n_weights": sae.n_weights,
         "purity": facts,
+        "dashboards_sha256": _dashboards(sae, model, test, out),
         "seconds": round(time.perf_counter() - start, 2),
     }
     return {"referee": record, **blocks, ITEMS_KEY: items}
@@ -173,6 +179,20 @@ def write_results(result: dict, out: Path, items_out: Path) -> None:
     out.write_text(json.dumps(result, indent=2, default=float))
 
 
+def _dashboards(
+    sae: ExportedSAE, model: LanguageModel, test: ActivationCache, out: Path | None
+) -> str | None:
+    """saelab.dashboards for the artifact on the held-out split, written beside `out`;
+    returns their sha256 (None without `out`)."""
+    if out is None:
+        return None
+    unembed = model.hf_model.get_output_embeddings().weight
+    data = dashboards.build(
+        sae, test.acts, test.tokens, unembed, lambda i: model.tokenizer.decode([i])
+    )
+    return dashboards.write(data, out.with_name(dashboards.DASHBOARDS_FILE))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
@@ -187,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = measure(
-            args.run_dir.resolve(), profile(args.profile), tuple(args.evals.split(","))
+            args.run_dir.resolve(), profile(args.profile), tuple(args.evals.split(",")), args.out
         )
     except (ArtifactError, SaelabError, ValueError) as error:
         console.print(f"[red]referee:[/] {error}", highlight=False)

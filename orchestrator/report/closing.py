@@ -12,11 +12,13 @@ from rich.table import Table
 from orchestrator.ideas import parse_hypotheses
 from orchestrator.journal import Journal, Usage
 from orchestrator.report import findings, noise
+from orchestrator.report.html import write_report
 from orchestrator.report.notes import write_notes
 from orchestrator.report.plots import make_plots
 from orchestrator.report.records import RunRecord, collect_runs
 from orchestrator.report.timing import Phases, phase_table
 from orchestrator.templates import TemplateSpec
+from orchestrator.text import render
 
 
 def close(
@@ -29,13 +31,16 @@ def close(
     console: Console,
     live: bool,
 ) -> None:
-    """Write notes.txt and the plots, then print the runs table and the time by phase."""
+    """Write notes.txt, the plots and report.html; print the runs table, the time by phase
+    and report.html's path last."""
     began = time.perf_counter()
     notes = write_notes(workspace, spec, journal, idea, replay_banner=banner)
     plots = make_plots(workspace, spec, journal, live=live)
     runs = collect_runs(workspace, spec, journal)
     declared = parse_hypotheses(idea.get("Hypotheses", []), notes)
     found = findings.compute(workspace, spec, journal, declared)
+    section = render("findings.j2", findings=found, baseline=spec.baseline_run)
+    report = write_report(workspace, spec, journal, idea, findings=section)
     table = runs_table(runs, journal.usage(), journal.loop_seconds(), found)
     phases.notes_and_plots = time.perf_counter() - began
     console.print(table)
@@ -43,6 +48,8 @@ def close(
     for plot in plots:
         console.print(f"plot: {plot}")
     console.print(phase_table(phases.seconds(journal)))
+    # one line, however long the path: a person copies it from the terminal
+    console.print(f"report: {report} (open it in a browser)", soft_wrap=True, highlight=False)
 
 
 def runs_table(

@@ -95,11 +95,12 @@ def _agent_notes(path: Path) -> str:
     return text.partition(AGENT_NOTES_HEADING + "\n")[2].strip()
 
 
-def metrics_table(runs: list[RunRecord], names: list[str], bands: dict[str, noise.Band]) -> str:
-    """Key metrics (rows) x runs (columns), 4 significant digits: the baseline (first run) with
-    its seed spread, every other run with its difference from the baseline and the noise mark."""
-    if not runs or not names:
-        return "(no key metrics)"
+def metric_rows(
+    runs: list[RunRecord], names: list[str], bands: dict[str, noise.Band]
+) -> list[list[str]]:
+    """Key metrics (rows) x runs (columns), 4 significant digits: a header of run names, the
+    verdicts, then the baseline (first run) with its seed spread and every other run with its
+    difference from the baseline and the noise mark. notes.txt and report.html both show it."""
     base = runs[0]
     header = [""] + [run.name + (f" #{run.attempt}" if run.attempt else "") for run in runs]
     rows = [header, [""] + [run.label for run in runs]]
@@ -109,6 +110,15 @@ def metrics_table(runs: list[RunRecord], names: list[str], bands: dict[str, nois
         cells += [noise.cell(run.metrics.get(name), baseline, band) for run in runs[1:]]
         reported = any(run.sources.get(name) == "reported" for run in runs)
         rows.append([name + (" (reported by the experiment)" if reported else ""), *cells])
+    return rows
+
+
+def metrics_table(runs: list[RunRecord], names: list[str], bands: dict[str, noise.Band]) -> str:
+    """metric_rows as aligned plain-text columns."""
+    if not runs or not names:
+        return "(no key metrics)"
+    rows = metric_rows(runs, names, bands)
+    header = rows[0]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
         "  ".join(

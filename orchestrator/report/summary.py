@@ -75,7 +75,7 @@ def summarize(idea: str, template: str, workspace: Path | None, error: str = "")
     spec = load_template(workspace)
     end = journal.ended
     state = f"ended: {end['reason']}" if end else error or "unfinished"
-    verdict = _best(journal.valid_verdicts(), spec)
+    verdict = best_valid(journal.valid_verdicts(), spec)
     baseline = validate_run(Path(workspace) / spec.baseline_run, spec)
     usage = journal.usage()
     return IdeaSummary(
@@ -109,7 +109,7 @@ def _findings(workspace: Path, spec: TemplateSpec, journal: Journal) -> list[str
     return [f"{row.hypothesis.describe()}: {row.verdict}" for row in found.rows]
 
 
-def _best(valid: list[dict], spec: TemplateSpec) -> dict | None:
+def best_valid(valid: list[dict], spec: TemplateSpec) -> dict | None:
     """The VALID verdict that is best by the template's objective, else the latest one."""
     if spec.objective is None:
         return valid[-1] if valid else None
@@ -200,7 +200,9 @@ def write(results_dir: Path, summaries: list[IdeaSummary], console: Console) -> 
     path = Path(results_dir) / SUMMARY_FILE
     path.write_text(markdown(summaries))
     plots = [plot(results_dir, t, g) for t, g in groups(summaries).items()]
-    return [path, *(p for p in plots if p)]
+    from orchestrator.report.html import write_batch_report  # html imports this module
+
+    return [path, write_batch_report(results_dir, summaries), *(p for p in plots if p)]
 
 
 # ---- the plot ---------------------------------------------------------------------------------

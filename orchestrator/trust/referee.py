@@ -56,6 +56,9 @@ def measure(
             why = _last_line(result.stderr_tail) or f"exit code {result.returncode}"
             return [f"the lab could not measure {run_name}'s saved artifact: {why}"]
         shutil.copyfile(out_file, run_dir / spec.referee.result_file)
+        for extra in out_dir.glob("*.json"):  # the lab's other records (dashboards.json),
+            if extra != out_file:  # whose digests the result file holds
+                shutil.copyfile(extra, run_dir / extra.name)
     return _copies(artifact_digest(run_dir, spec), earlier, run_name)
 
 
