@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from saelab.activations import harvest  # noqa: E402
+from saelab.activations import held_out_split  # noqa: E402
 from saelab.artifact import FILES, ArtifactError, ExportedSAE, load_artifact, sha256_files  # noqa: E402
 from saelab.cache import SaelabError  # noqa: E402
 from saelab.evals import EVALS, run_evals  # noqa: E402
@@ -121,8 +121,9 @@ def measure(run_dir: Path, lab: Profile, evals: tuple[str, ...] = EVALS) -> dict
             f"the SAE reads {sae.d_in}-dim inputs but {lab.model_name} layer {lab.layer} has "
             f"{model.d_model}: train on the lab's model ({lab.model_name})"
         )
-    cache = harvest(model, lab.layer, lab.corpus, lab.seq_len, lab.cache_tokens)
-    _, test = cache.split(lab.test_fraction)
+    test = held_out_split(
+        model, lab.layer, lab.corpus, lab.seq_len, lab.cache_tokens, lab.test_fraction
+    )
     facts = purity(sae, test.acts[:PURITY_SEQS].float())
     blocks = run_evals(
         sae, model, lab.layer, evals, test_cache=test, config=lab.eval_config(), sae_b=twin

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from saelab.activations import ActivationCache, harvest
+from saelab.activations import ActivationCache, train_split
 from saelab.artifact import save_artifact
 from saelab.models import OFFLINE_MODEL, LanguageModel, load_model
 from saelab.profiles import profile
@@ -160,12 +160,12 @@ def flag(text: str) -> bool:
 
 
 # ---------------------------------------------------------------------------- data
-def load_data(cfg: Config) -> tuple[LanguageModel, ActivationCache, ActivationCache]:
-    """The frozen model, and its cached layer activations split into train and test sequences."""
+def load_data(cfg: Config) -> tuple[LanguageModel, ActivationCache]:
+    """The frozen model and the training rows of its cached layer activations. The held-out
+    rows are the lab's (sealed: agent code cannot read them); the referee measures on them."""
     model = load_model(cfg.model_name)
-    cache = harvest(model, cfg.layer, cfg.corpus, cfg.seq_len, cfg.cache_tokens)
-    train_cache, test_cache = cache.split(cfg.test_fraction)
-    return model, train_cache, test_cache
+    args = (cfg.layer, cfg.corpus, cfg.seq_len, cfg.cache_tokens, cfg.test_fraction)
+    return model, train_split(model, *args)
 
 
 def train_batches(cache: ActivationCache, cfg: Config, steps: int, device) -> Iterator[Tensor]:
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = count_steps(cfg)
 
-    model, train_cache, _ = load_data(cfg)  # the referee measures on the lab's own held-out split
+    model, train_cache = load_data(cfg)  # the referee measures on the lab's own held-out split
     device = model.device
     mean = data_mean(train_cache, device)
     sae = init_sae(cfg, train_cache, mean)
