@@ -59,9 +59,9 @@ from transformers import PreTrainedTokenizerBase
 from saelab import data
 from saelab.cache import (
     SaelabError,
+    SealedError,
     atomic_dir,
     cache_dir,
-    SealedError,
     cache_root,
     file_lock,
     read_json,
@@ -488,7 +488,11 @@ def _store_split(
             shas, mean_sq_norm = fill([train_tmp, test_tmp])
             cut = tokens.shape[0] - n_test
             parts = zip(
-                (train_tmp, test_tmp), (tokens[:cut], tokens[cut:]), shas, ("train", "test")
+                (train_tmp, test_tmp),
+                (tokens[:cut], tokens[cut:]),
+                shas,
+                ("train", "test"),
+                strict=True,
             )
             for tmp, rows, sha, part in parts:
                 part_meta = {**meta, "split": part, "n_tokens": rows.numel()}

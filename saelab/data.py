@@ -19,7 +19,8 @@ Cache layout, under "data/offline-v<BUILD_VERSION>" with a sha256 sidecar each (
 fails its checksum is rebuilt): the training corpora (corpus-*.json) in the training tree
 (cache_dir), where experiments may read them; the sources (bigbench.json, code.json,
 facts.json) and the other derived files (probing.json, unlearning.json, stats.json) in the
-sealed tree (saelab.cache.sealed_dir), since they hold the eval sets. Online users pass "hf:<dataset>[:<config>]:<split>:<field>" to load_corpus.
+sealed tree (saelab.cache.sealed_dir), since they hold the eval sets. Online users pass
+"hf:<dataset>[:<config>]:<split>:<field>" to load_corpus.
 
 Run `python -m saelab.data` to build everything and print per-source token counts.
 """

@@ -15,8 +15,8 @@ from saelab.activations import (
     entry_dir,
     harvest,
     harvest_split,
-    pack_sequences,
     held_out_split,
+    pack_sequences,
     train_split,
 )
 from saelab.cache import SaelabError, SealedError, cache_root, sealed_root
