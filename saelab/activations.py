@@ -269,7 +269,7 @@ def harvest_split(
 def train_split(
     model: LanguageModel | str,
     layer: int,
-    corpus: str,
+    corpus: str | list[str],
     seq_len: int,
     n_tokens: int,
     test_fraction: float,
@@ -295,16 +295,11 @@ def train_split(
 
 
 def held_out_split(
-    model: LanguageModel | str,
-    layer: int,
-    corpus: str,
-    seq_len: int,
-    n_tokens: int,
-    test_fraction: float,
-    verify: bool = True,
+    model: LanguageModel | str, *settings: int | str | float, verify: bool = True
 ) -> ActivationCache:
-    """The held-out rows of the lab's split cache, from the sealed tree: the referee's."""
-    return harvest_split(model, layer, corpus, seq_len, n_tokens, test_fraction, verify=verify)[1]
+    """The held-out rows of the lab's split cache, from the sealed tree: the referee's. The
+    settings are train_split's (layer, corpus, seq_len, n_tokens, test_fraction)."""
+    return harvest_split(model, *settings, verify=verify)[1]
 
 
 def split_dirs(key: dict, test_fraction: float) -> tuple[Path, Path]:

@@ -9,7 +9,7 @@ profile (saelab.profiles), whatever the experiment trained on. A twin SAE handed
 `twin/` is measured for feature stability. Writes one JSON object:
 
     {"referee": {lab_version, profile, artifact_sha256, twin_sha256, n_weights, purity,
-                 seconds}, "core": {...}, "sparse_probing": {...}, "unlearning": {...},
+                 learning, seconds}, "core": {...}, "sparse_probing": {...}, "unlearning": {...},
      "temporal": {...}}
 
 Purity facts (1.0 holds, 0.0 violated), each a template rule:
@@ -17,6 +17,9 @@ Purity facts (1.0 holds, 0.0 violated), each a template rule:
     batch_independent a sequence's latents and reconstruction do not depend on the others in
                       the batch (encode and decode commute with permuting the batch)
     decodes_any_code  decode works on a sparse code encode did not produce (finite, right shape)
+Learning facts (saelab.learning), measured from the artifact alone: `variance_ratio`, the held-
+out variance along the live latents' decoder directions over that along random directions
+(~1 at a random init), and `live_fraction`; the template's learning rule reads the first.
 A problem the user can fix (missing or unloadable artifact) is one line on stderr, exit 2.
 """
 
@@ -41,6 +44,7 @@ from saelab.activations import held_out_split  # noqa: E402
 from saelab.artifact import FILES, ArtifactError, ExportedSAE, load_artifact, sha256_files  # noqa: E402
 from saelab.cache import SaelabError  # noqa: E402
 from saelab.evals import EVALS, run_evals  # noqa: E402
+from saelab.learning import learning  # noqa: E402
 from saelab.models import load_model  # noqa: E402
 from saelab.profiles import Profile, profile  # noqa: E402
 
@@ -135,6 +139,7 @@ def measure(run_dir: Path, lab: Profile, evals: tuple[str, ...] = EVALS) -> dict
         "twin_sha256": sha256_files([twin_dir / name for name in FILES]) if twin else None,
         "n_weights": sae.n_weights,
         "purity": facts,
+        "learning": learning(sae, test.acts.float()),
         "seconds": round(time.perf_counter() - start, 2),
     }
     return {"referee": record, **blocks}

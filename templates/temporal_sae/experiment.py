@@ -50,7 +50,7 @@ class Config:
     corpus: str = "offline-mix"  # saelab.data corpus name
     seq_len: int = 128  # tokens per sequence, BOS excluded; temporal evals look <= 128 back
     cache_tokens: int = 300_000  # tokens harvested into the activation cache (reused by runs)
-    test_fraction: float = 0.05  # fraction of sequences held out for the evals
+    test_fraction: float = 0.05  # the tail the lab holds out (sealed: only the referee reads it)
     # sae
     architecture: str = "batchtopk"  # "batchtopk" | "topk" | "relu" (ReLU + L1)
     expansion: int = 4  # dict_size = expansion * d_model (4-8x)
@@ -66,7 +66,8 @@ class Config:
     warmup_steps: int = 20  # linear warm-up from 0 to learning_rate
     decay_start: float = 0.8  # fraction of steps after which lr decays linearly to 0
     log_every: int = 10  # steps between loss-curve points
-    bf16: bool = True  # bf16 autocast for the matmuls (2-5x on AVX-512 CPUs); weights stay fp32
+    bf16: bool = True  # bf16 autocast for the matmuls (2-5x on AVX-512 CPUs, ~20x SLOWER on
+    # AVX2-only ones: 64 s vs 3.0 s for one 4,096-token step's matmuls, 1 thread); weights fp32
     stability_seed: int = -1  # >= 0: train a twin SAE from this seed for feature_stability (2x)
 
     def __post_init__(self) -> None:
@@ -169,7 +170,8 @@ def load_data(cfg: Config) -> tuple[LanguageModel, ActivationCache]:
 
 
 def train_batches(cache: ActivationCache, cfg: Config, steps: int, device) -> Iterator[Tensor]:
-    """`steps` batches [B, L, D] of normalised bf16 sequences, rows shuffled, epochs as needed.
+    """`steps` batches [B, L, D] of normalised sequences (bf16; fp32 with --bf16=false), rows
+    shuffled, epochs as needed.
 
     The cache is read into memory once and batches index it directly: no float32 copy per batch
     (the bf16 matmuls under autocast read bf16 anyway).
@@ -180,6 +182,7 @@ def train_batches(cache: ActivationCache, cfg: Config, steps: int, device) -> It
         f"{cfg.batch_size}: raise cache_tokens or lower batch_size"
     )
     acts_NLD = cache.acts.to(device) * cache.norm_scale  # bf16, unit mean squared norm
+    acts_NLD = acts_NLD if cfg.bf16 else acts_NLD.float()  # no autocast: fp32 matmuls need fp32
     gen = torch.Generator().manual_seed(cfg.seed)
     for step in range(steps):
         if step % full_batches_per_epoch == 0:

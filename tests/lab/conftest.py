@@ -65,6 +65,16 @@ def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
+@pytest.fixture
+def blocked_sealed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make the sealed tree unreachable, as agent code's sandbox does: its root lies under a
+    regular file, so nothing below it can be listed, read or created (root or not)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SAELAB_SEALED", str(blocker / "sealed"))
+    return blocker / "sealed"
+
+
 @pytest.fixture(scope="session")
 def ex() -> ModuleType:
     """The template's experiment.py; a script, not a package module, so imported by path."""

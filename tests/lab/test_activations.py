@@ -196,16 +196,6 @@ def _split(lm: LanguageModel, texts: list[str]) -> tuple[ActivationCache, Activa
     )  # fmt: skip
 
 
-@pytest.fixture
-def blocked_sealed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Make the sealed tree unreachable, as agent code's sandbox does: its root lies under a
-    regular file, so nothing below it can be listed, read or created (root or not)."""
-    blocker = tmp_path / "blocker"
-    blocker.write_text("not a folder")
-    monkeypatch.setenv("SAELAB_SEALED", str(blocker / "sealed"))
-    return blocker / "sealed"
-
-
 def test_a_split_cache_holds_the_unsplit_rows_byte_for_byte_in_two_trees(
     lm: LanguageModel, tiny_texts: list[str], tmp_cache: Path
 ) -> None:

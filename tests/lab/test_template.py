@@ -217,6 +217,17 @@ def test_tiny_run_trains_and_passes_the_template_rules(tiny_run):
     assert (tiny_run / "sae_weights.safetensors").is_file()
 
 
+def test_the_experiment_trains_with_the_sealed_tree_unreachable(
+    ex, tiny_run, tmp_path, blocked_sealed
+):
+    """Agent code's sandbox grants the training tree alone: experiment.py, and all it imports
+    from saelab, trains and saves with nothing under the sealed tree reachable (tiny_run built
+    the split cache first, as saelab.prepare does)."""
+    out_dir = tmp_path / "run_s"
+    ex.main([f"--out_dir={out_dir}", "--budget=tiny", "--train_tokens=8192"])
+    assert (out_dir / "encode.pt2").is_file() and not blocked_sealed.exists()
+
+
 def test_referee_numbers_equal_the_in_process_evals(ex, tmp_path):
     """The regression test of the move: an SAE measured from its exported programs scores what
     the in-process evals gave the module itself (the path experiment.py used to take)."""
