@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
     cfg = experiment.parse_args(["--out_dir=/tmp/bench_train", "--log_every=1000", *argv])
     steps = max(cfg.warmup_steps, 20)
     cfg = experiment.dataclasses.replace(cfg, train_tokens=steps * cfg.batch_size * cfg.seq_len)
-    _, cache, _ = experiment.load_data(cfg)
+    _, cache = experiment.load_data(cfg)
     x_BLD = next(experiment.train_batches(cache, cfg, 1, "cpu"))
     d_sae = cfg.expansion * x_BLD.shape[-1]
     tokens = steps * x_BLD.shape[0] * x_BLD.shape[1]

@@ -1,5 +1,12 @@
 """Where the lab keeps model weights, corpora and activations, and how it writes them safely.
 
+Two trees, disjoint so a sandbox's read allow-list is one path each:
+    cache_root()   $SAELAB_CACHE or ~/.cache/saelab: the TRAINING tree agent code may read (model
+                   weights, training corpora, the training rows of the activation cache)
+    sealed_root()  $SAELAB_SEALED or the cache root's sibling `<root>-sealed` (~/.cache/saelab-
+                   sealed): the referee's evaluation data (held-out rows, eval sets and their
+                   sources, the eval cache); only `saelab.prepare` and the referee read it
+
 Every cache entry is built by at most one process at a time (`file_lock`), written to a
 temporary name and renamed into place (`atomic_write`, `atomic_dir`), so a crash or a second
 process never leaves a half-written file under the final name. Readers still verify what they
@@ -20,10 +27,15 @@ from pathlib import Path
 from typing import Any
 
 ENV_VAR = "SAELAB_CACHE"
+SEALED_ENV_VAR = "SAELAB_SEALED"
 
 
 class SaelabError(RuntimeError):
     """A problem the user can fix (bad name, missing cache, unreachable hub); one clear line."""
+
+
+class SealedError(SaelabError, PermissionError):
+    """Agent code reached for the lab's sealed evaluation data, which only the referee reads."""
 
 
 def cache_root() -> Path:
@@ -37,6 +49,29 @@ def cache_dir(*parts: str) -> Path:
     """A sub-directory of the cache root, e.g. cache_dir("models"); created if missing."""
     path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sealed_root() -> Path:
+    """The sealed tree's root: $SAELAB_SEALED, else `<cache root>-sealed` beside the cache root
+    (a sibling, not a sub-folder: a read allow-list can grant one tree and not the other)."""
+    default = Path(os.environ.get(ENV_VAR) or Path.home() / ".cache" / "saelab").expanduser()
+    return Path(os.environ.get(SEALED_ENV_VAR) or f"{default}-sealed").expanduser()
+
+
+def sealed_dir(*parts: str) -> Path:
+    """A sub-directory of the sealed tree, e.g. sealed_dir("evals"); created if missing.
+    SealedError in one line where it cannot be read (agent code's sandbox)."""
+    path = sealed_root().joinpath(*parts)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        os.scandir(path).close()  # Landlock refuses the listing, not the lookup
+    except OSError as error:
+        raise SealedError(
+            f"{path} is the lab's sealed evaluation data (held-out split, eval sets), read only "
+            "by the referee: train on the training split (saelab.activations.train_split) and "
+            "leave measuring to the referee"
+        ) from error
     return path
 
 

@@ -15,10 +15,12 @@ and question prompts are removed by sha256, and probe items are reserved whole d
 (or whole source files for code). BIG-bench task files ask not to be used as LM training
 data: we never train a language model on them, only SAEs on a frozen model's activations.
 
-Cache layout, under cache_dir("data", "offline-v<BUILD_VERSION>"): source artefacts
-(bigbench.json, code.json, facts.json) and derived ones (corpus-*.json, probing.json,
-unlearning.json, stats.json), each with a sha256 sidecar; a file that fails its checksum is
-rebuilt. Online users pass "hf:<dataset>[:<config>]:<split>:<field>" to load_corpus.
+Cache layout, under "data/offline-v<BUILD_VERSION>" with a sha256 sidecar each (a file that
+fails its checksum is rebuilt): the training corpora (corpus-*.json) in the training tree
+(cache_dir), where experiments may read them; the sources (bigbench.json, code.json,
+facts.json) and the other derived files (probing.json, unlearning.json, stats.json) in the
+sealed tree (saelab.cache.sealed_dir), since they hold the eval sets. Online users pass
+"hf:<dataset>[:<config>]:<split>:<field>" to load_corpus.
 
 Run `python -m saelab.data` to build everything and print per-source token counts.
 """
@@ -38,7 +40,7 @@ from typing import Any
 
 from rich.console import Console
 
-from saelab.cache import SaelabError, cache_dir, file_lock
+from saelab.cache import SaelabError, cache_dir, file_lock, sealed_dir
 from saelab.datasets import bigbench, code, facts, hub
 from saelab.datasets.store import cached_artefact, read_artefact, verified_digest, write_artefact
 
@@ -113,7 +115,7 @@ def corpus_fingerprint(name: str = "offline-mix") -> str:
     if name.startswith("hf:"):
         blob = json.dumps(hub.texts(name), ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()
-    path = _dir() / _corpus_file(name)
+    path = _path(_corpus_file(name))
     digest = verified_digest(path)
     if digest is None:
         _derived(path.name)
@@ -203,7 +205,14 @@ def _corpus_file(name: str) -> str:
 
 
 def _dir() -> Path:
-    return cache_dir("data", f"offline-v{BUILD_VERSION}")
+    return sealed_dir("data", f"offline-v{BUILD_VERSION}")
+
+
+def _path(filename: str) -> Path:
+    """Training corpora in the training tree, everything else (eval sets) in the sealed one."""
+    if filename.startswith("corpus-"):
+        return cache_dir("data", f"offline-v{BUILD_VERSION}") / filename
+    return _dir() / filename
 
 
 @contextmanager
@@ -255,15 +264,15 @@ def _facts() -> dict[str, list]:
 
 def _derived(filename: str) -> Any:
     """A derived artefact; if it is missing or corrupt, rebuild all of them together."""
-    data = read_artefact(_dir() / filename)
+    data = read_artefact(_path(filename))
     if data is not None:
         return data
     with file_lock(_dir() / "derived"):
-        data = read_artefact(_dir() / filename)
+        data = read_artefact(_path(filename))
         if data is None:
             built = _build_derived()
             for name, content in built.items():
-                write_artefact(_dir() / name, content)
+                write_artefact(_path(name), content)
             data = built[filename]
     return data
 

@@ -9,6 +9,13 @@ an explicit flag overrides its value. Each step is skipped when its cache entry 
 whole (the entries are written atomically, so an interrupted build is redone, never trusted).
 Prints one line per step with its seconds; a problem the user can fix is one line on stderr and
 exit code 2.
+
+Two trees (saelab.cache): the training tree (`$SAELAB_CACHE`: weights, training corpora, the
+activation cache's training rows) and the sealed tree (`$SAELAB_SEALED`, default
+`<cache root>-sealed`: the held-out rows, the eval sets and their sources, the eval cache).
+A cache built before the split is migrated in place, cheaply: the eval files are moved (a
+rename on one filesystem) and the activation entry is cut in two by copying its rows (no
+model forward), then removed from the training tree.
 """
 
 from __future__ import annotations
@@ -18,13 +25,14 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from saelab.activations import ACTS_DTYPE, TOKENS_DTYPE, harvest, is_cached
-from saelab.cache import SaelabError, cache_root
-from saelab.data import load_corpus, probing_tasks, unlearning_questions
+from saelab.activations import ACTS_DTYPE, TOKENS_DTYPE, harvest_split, is_cached
+from saelab.cache import SaelabError, cache_root, sealed_root
+from saelab.data import BUILD_VERSION, load_corpus, probing_tasks, unlearning_questions
 from saelab.evals import warm_eval_cache
 from saelab.evals.common import EvalConfig
 from saelab.models import OFFLINE_MODEL, load_model, model_width
@@ -72,23 +80,54 @@ def prepare(
     check_disk_space(need)
     seconds: dict[str, float] = {}
     model = _step(seconds, "model", f"{model_name} weights", lambda: _model(model_name))
+    moved = _step(seconds, "sealed", "eval data kept apart from training data", seal_old_cache)
     _step(seconds, "data", "offline corpora and eval sets", lambda: _data(corpus))
-    cache = _step(
+    _, test = _step(
         seconds,
         "activations",
-        f"activation cache: layer {layer}, {cache_tokens:,} tokens",
-        lambda: harvest(model, layer, corpus, seq_len, cache_tokens),
+        f"activation cache: layer {layer}, {cache_tokens:,} tokens, {test_fraction:g} held out",
+        lambda: harvest_split(model, layer, corpus, seq_len, cache_tokens, test_fraction),
     )
     config = eval_config or EvalConfig()
     _step(
         seconds,
         "evals",
         "the referee's eval cache (residuals, clean losses and answers of its fixed texts)",
-        lambda: warm_eval_cache(model, layer, cache.split(test_fraction)[1], config),
+        lambda: warm_eval_cache(model, layer, test, config),
     )
     total = sum(seconds.values())
-    console.print(f"[bold]lab caches ready[/] in {total:.0f} s under {cache_root()}")
+    console.print(
+        f"[bold]lab caches ready[/] in {total:.0f} s: training data under {cache_root()}, "
+        f"sealed eval data under {sealed_root()}" + (f" ({moved} moved there)" if moved else "")
+    )
     return seconds
+
+
+def seal_old_cache() -> int:
+    """Move what a cache from before the split keeps in the training tree and is eval data
+    (the eval cache, the eval sets and the sources they come from) into the sealed tree;
+    returns how many entries moved. The training corpora stay."""
+    train, sealed = cache_root(), sealed_root()
+    data = Path("data") / f"offline-v{BUILD_VERSION}"
+    moves = [Path("evals"), Path("data") / "downloads"]
+    if (train / data).is_dir():
+        moves += [data / p.name for p in (train / data).iterdir() if "corpus-" not in p.name]
+    return sum(_move(train / part, sealed / part) for part in moves)
+
+
+def _move(src: Path, dst: Path) -> int:
+    """Move `src` to `dst`, merging into a folder already there; returns entries moved."""
+    if not src.exists():
+        return 0
+    if src.is_dir() and dst.is_dir():
+        moved = sum(_move(child, dst / child.name) for child in list(src.iterdir()))
+        src.rmdir()
+        return moved
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_dir():
+        shutil.rmtree(dst)
+    shutil.move(src, dst)  # a rename on one filesystem; os.replace semantics for files
+    return 1
 
 
 def disk_needed(

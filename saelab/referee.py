@@ -10,7 +10,7 @@ profile (saelab.profiles), whatever the experiment trained on. A twin SAE handed
 `twin/` is measured for feature stability. Writes one JSON object:
 
     {"referee": {lab_version, profile, artifact_sha256, twin_sha256, n_weights, purity,
-                 dashboards_sha256, seconds, items_sha256, items_file}, "core": {...},
+                 learning, dashboards_sha256, seconds, items_sha256, items_file}, "core": {...},
      "sparse_probing": {...}, "unlearning": {...}, "temporal": {...}}
 
 and, at --items-out (default referee_items.json beside --out), every key metric's per-item
@@ -23,12 +23,16 @@ Purity facts (1.0 holds, 0.0 violated), each a template rule:
     batch_independent a sequence's latents and reconstruction do not depend on the others in
                       the batch (encode and decode commute with permuting the batch)
     decodes_any_code  decode works on a sparse code encode did not produce (finite, right shape)
+Learning facts (saelab.learning), measured from the artifact alone: `variance_ratio`, the held-
+out variance along the live latents' decoder directions over that along random directions
+(~1 at a random init), and `live_fraction`; the template's learning rule reads the first.
 A problem the user can fix (missing or unloadable artifact) is one line on stderr, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,11 +48,12 @@ from rich.console import Console  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from saelab import dashboards  # noqa: E402
-from saelab.activations import ActivationCache, harvest  # noqa: E402
+from saelab.activations import ActivationCache, harvest_split  # noqa: E402
 from saelab.artifact import FILES, ArtifactError, ExportedSAE, load_artifact, sha256_files  # noqa: E402
 from saelab.cache import SaelabError  # noqa: E402
 from saelab.compare import FORMAT as ITEMS_FORMAT  # noqa: E402
 from saelab.evals import EVALS, run_evals  # noqa: E402
+from saelab.learning import learning  # noqa: E402
 from saelab.models import LanguageModel, load_model  # noqa: E402
 from saelab.profiles import Profile, profile  # noqa: E402
 
@@ -135,8 +140,15 @@ def measure(
             f"the SAE reads {sae.d_in}-dim inputs but {lab.model_name} layer {lab.layer} has "
             f"{model.d_model}: train on the lab's model ({lab.model_name})"
         )
-    cache = harvest(model, lab.layer, lab.corpus, lab.seq_len, lab.cache_tokens)
-    _, test = cache.split(lab.test_fraction)
+    train, test = harvest_split(
+        model, lab.layer, lab.corpus, lab.seq_len, lab.cache_tokens, lab.test_fraction
+    )
+    # dead / rare latents over every cached token (training rows, then held-out), the SAE alone
+    every = dataclasses.replace(
+        test,
+        acts=torch.cat([train.acts, test.acts]),
+        tokens=torch.cat([train.tokens, test.tokens]),
+    )
     facts = purity(sae, test.acts[:PURITY_SEQS].float())
     items: dict = {}
     blocks = run_evals(
@@ -148,7 +160,7 @@ def measure(
         config=lab.eval_config(),
         sae_b=twin,
         items=items,
-        density_cache=cache,  # dead / rare latents over every cached token, the SAE alone
+        density_cache=every,
     )
     record = {
         "lab_version": lab_version(),
@@ -157,6 +169,7 @@ def measure(
         "twin_sha256": sha256_files([twin_dir / name for name in FILES]) if twin else None,
         "n_weights": sae.n_weights,
         "purity": facts,
+        "learning": learning(sae, test.acts.float()),
         "dashboards_sha256": _dashboards(sae, model, test, out),
         "seconds": round(time.perf_counter() - start, 2),
     }

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from saelab.cache import SaelabError, atomic_write, cache_dir, file_lock, sha256_file
+from saelab.cache import SaelabError, atomic_write, file_lock, sealed_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ _NI_TASKS = ("quoref", "drop", "cosmosqa", "ropes")
 
 def sdist_path() -> Path:
     """The verified BIG-bench sdist in the cache, downloaded with pip on first use."""
-    path = cache_dir("data", "downloads") / SDIST
+    path = sealed_dir("data", "downloads") / SDIST  # it holds the probing texts: sealed
     with file_lock(path):
         if path.is_file() and sha256_file(path) == SDIST_SHA256:
             return path

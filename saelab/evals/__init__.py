@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from saelab.activations import ActivationCache
-from saelab.cache import cache_dir, stable_key, write_json
+from saelab.cache import sealed_dir, stable_key, write_json
 from saelab.evals.common import EvalConfig, Normalized, SAELike
 from saelab.evals.core import run_core
 from saelab.evals.reference import PCASAE
@@ -107,7 +107,7 @@ def warm_eval_cache(
     marker makes later calls free. (The referee runs where it cannot write the shared cache.)"""
     fields = {"model": model.name, "layer": layer, "config": dataclasses.asdict(config)}
     fields["test"] = test_cache.meta["sha256"]["acts.bin"]  # which cache entry, by content
-    marker = cache_dir("evals") / f"warm-{stable_key(fields)}.json"
+    marker = sealed_dir("evals") / f"warm-{stable_key(fields)}.json"
     if marker.is_file():
         return
     x_ND = test_cache.acts[: config.core_recon_seqs].float().flatten(0, 1)

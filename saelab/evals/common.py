@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from saelab.cache import atomic_write, cache_dir, file_lock, stable_key
+from saelab.cache import atomic_write, file_lock, sealed_dir, stable_key
 from saelab.data import PROBING_FAMILIES
 from saelab.models import LanguageModel
 
@@ -241,9 +241,13 @@ def stored(kind: str, fields: dict, compute: Callable[[], dict[str, Tensor]]) ->
     For what does not depend on the SAE, so each run of experiment.py (a new process) pays only
     for its own SAE. A file that does not load whole (full disk, kill mid-write) is recomputed.
     """
-    path = cache_dir("evals", kind) / f"{stable_key(fields)}.safetensors"
+    path = sealed_dir("evals", kind) / f"{stable_key(fields)}.safetensors"
 
     def load_or_compute() -> dict[str, Tensor]:
+        try:  # a hit takes no lock: the referee may read the sealed tree without writing it
+            return load_file(str(path))
+        except (OSError, safetensors.SafetensorError):
+            pass
         with file_lock(path):
             try:
                 return load_file(str(path))

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from saelab.activations import ActivationCache, harvest
+from saelab.activations import ActivationCache, train_split
 from saelab.artifact import save_artifact
 from saelab.models import OFFLINE_MODEL, LanguageModel, load_model
 from saelab.profiles import profile
@@ -50,7 +50,7 @@ class Config:
     corpus: str = "offline-mix"  # saelab.data corpus name
     seq_len: int = 128  # tokens per sequence, BOS excluded; temporal evals look <= 128 back
     cache_tokens: int = 300_000  # tokens harvested into the activation cache (reused by runs)
-    test_fraction: float = 0.05  # fraction of sequences held out for the evals
+    test_fraction: float = 0.05  # the tail the lab holds out (sealed: only the referee reads it)
     # sae
     architecture: str = "batchtopk"  # "batchtopk" | "topk" | "relu" (ReLU + L1)
     expansion: int = 4  # dict_size = expansion * d_model (4-8x)
@@ -66,7 +66,8 @@ class Config:
     warmup_steps: int = 20  # linear warm-up from 0 to learning_rate
     decay_start: float = 0.8  # fraction of steps after which lr decays linearly to 0
     log_every: int = 10  # steps between loss-curve points
-    bf16: bool = True  # bf16 autocast for the matmuls (2-5x on AVX-512 CPUs); weights stay fp32
+    bf16: bool = True  # bf16 autocast for the matmuls (2-5x on AVX-512 CPUs, ~20x SLOWER on
+    # AVX2-only ones: 64 s vs 3.0 s for one 4,096-token step's matmuls, 1 thread); weights fp32
     stability_seed: int = -1  # >= 0: train a twin SAE from this seed for feature_stability (2x)
 
     def __post_init__(self) -> None:
@@ -160,16 +161,17 @@ def flag(text: str) -> bool:
 
 
 # ---------------------------------------------------------------------------- data
-def load_data(cfg: Config) -> tuple[LanguageModel, ActivationCache, ActivationCache]:
-    """The frozen model, and its cached layer activations split into train and test sequences."""
+def load_data(cfg: Config) -> tuple[LanguageModel, ActivationCache]:
+    """The frozen model and the training rows of its cached layer activations. The held-out
+    rows are the lab's (sealed: agent code cannot read them); the referee measures on them."""
     model = load_model(cfg.model_name)
-    cache = harvest(model, cfg.layer, cfg.corpus, cfg.seq_len, cfg.cache_tokens)
-    train_cache, test_cache = cache.split(cfg.test_fraction)
-    return model, train_cache, test_cache
+    args = (cfg.layer, cfg.corpus, cfg.seq_len, cfg.cache_tokens, cfg.test_fraction)
+    return model, train_split(model, *args)
 
 
 def train_batches(cache: ActivationCache, cfg: Config, steps: int, device) -> Iterator[Tensor]:
-    """`steps` batches [B, L, D] of normalised bf16 sequences, rows shuffled, epochs as needed.
+    """`steps` batches [B, L, D] of normalised sequences (bf16; fp32 with --bf16=false), rows
+    shuffled, epochs as needed.
 
     The cache is read into memory once and batches index it directly: no float32 copy per batch
     (the bf16 matmuls under autocast read bf16 anyway).
@@ -180,6 +182,7 @@ def train_batches(cache: ActivationCache, cfg: Config, steps: int, device) -> It
         f"{cfg.batch_size}: raise cache_tokens or lower batch_size"
     )
     acts_NLD = cache.acts.to(device) * cache.norm_scale  # bf16, unit mean squared norm
+    acts_NLD = acts_NLD if cfg.bf16 else acts_NLD.float()  # no autocast: fp32 matmuls need fp32
     gen = torch.Generator().manual_seed(cfg.seed)
     for step in range(steps):
         if step % full_batches_per_epoch == 0:
@@ -501,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = count_steps(cfg)
 
-    model, train_cache, _ = load_data(cfg)  # the referee measures on the lab's own held-out split
+    model, train_cache = load_data(cfg)  # the referee measures on the lab's own held-out split
     device = model.device
     mean = data_mean(train_cache, device)
     sae = init_sae(cfg, train_cache, mean)

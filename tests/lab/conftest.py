@@ -18,8 +18,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
 
-from saelab.cache import cache_dir
+from saelab.cache import cache_dir, sealed_dir
+from saelab.data import BUILD_VERSION, load_corpus
 from saelab.models import LanguageModel, load_model, offline_model_dir
+
+OFFLINE_DATA = f"offline-v{BUILD_VERSION}"
 
 # A few sentences of ordinary prose and code: enough to pack several short sequences.
 TINY_TEXTS = [
@@ -55,10 +58,21 @@ def tiny_texts() -> list[str]:
 
 @pytest.fixture
 def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point $SAELAB_CACHE at an empty folder, so activation caches built in a test vanish."""
+    """Point $SAELAB_CACHE at an empty folder, so activation caches built in a test vanish (the
+    sealed tree defaults to its sibling, `<root>-sealed`, as empty)."""
     root = tmp_path / "saelab-cache"
     monkeypatch.setenv("SAELAB_CACHE", str(root))
     return root
+
+
+@pytest.fixture
+def blocked_sealed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make the sealed tree unreachable, as agent code's sandbox does: its root lies under a
+    regular file, so nothing below it can be listed, read or created (root or not)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SAELAB_SEALED", str(blocker / "sealed"))
+    return blocker / "sealed"
 
 
 @pytest.fixture(scope="session")
@@ -100,11 +114,19 @@ def hub_gemma2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def hub_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Offline hub mode and $SAELAB_CACHE in a fresh folder, for one test module; the built
-    offline corpora are linked in (building them takes minutes and a 358 MB download)."""
-    data = cache_dir("data")
+    """Offline hub mode and $SAELAB_CACHE in a fresh folder (and its sealed sibling), for one
+    test module; the built offline corpora and eval sets are linked in (building them takes
+    minutes and a 358 MB download). The corpora file by file: no migration can move anything
+    out of the real training tree through a link."""
+    data, sealed_data = cache_dir("data", OFFLINE_DATA), sealed_dir("data")
+    load_corpus()  # built (or found) before the links are made
     root = tmp_path_factory.mktemp("saelab-cache")
-    (root / "data").symlink_to(data, target_is_directory=True)
+    (root / "data" / OFFLINE_DATA).mkdir(parents=True)
+    for corpus in data.glob("corpus-*"):
+        (root / "data" / OFFLINE_DATA / corpus.name).symlink_to(corpus)
+    sealed = Path(f"{root}-sealed")
+    sealed.mkdir()
+    (sealed / "data").symlink_to(sealed_data, target_is_directory=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SAELAB_CACHE", str(root))
         patch.setenv("HF_HUB_OFFLINE", "1")

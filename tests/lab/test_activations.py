@@ -1,15 +1,25 @@
-"""Activation caches: packed in order, keyed, reused, rebuilt when damaged, batched correctly."""
+"""Activation caches: packed in order, keyed, reused, rebuilt when damaged, batched correctly,
+and split between the training tree and the sealed tree."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from saelab import activations
-from saelab.activations import ActivationCache, entry_dir, harvest, pack_sequences
-from saelab.cache import SaelabError
+from saelab.activations import (
+    ActivationCache,
+    entry_dir,
+    harvest,
+    harvest_split,
+    held_out_split,
+    pack_sequences,
+    train_split,
+)
+from saelab.cache import SaelabError, SealedError, cache_root, sealed_root
 from saelab.models import LanguageModel
 
 SEQ_LEN = 16
@@ -176,3 +186,64 @@ def test_normalization_gives_unit_mean_squared_norm_and_folds_back(
     assert normed.pow(2).sum(-1).mean().item() == pytest.approx(1.0, rel=1e-3)
     raw = torch.cat(list(small_cache.token_batches(64, normalize=False)))
     torch.testing.assert_close(normed / small_cache.norm_scale, raw)
+
+
+# ---------------------------------------------------------------------------- split caches
+def _split(lm: LanguageModel, texts: list[str]) -> tuple[ActivationCache, ActivationCache]:
+    return harvest_split(
+        lm, LAYER, texts, seq_len=SEQ_LEN, n_tokens=100, test_fraction=0.2, batch_size=4,
+        progress=False,
+    )  # fmt: skip
+
+
+def test_a_split_cache_holds_the_unsplit_rows_byte_for_byte_in_two_trees(
+    lm: LanguageModel, tiny_texts: list[str], tmp_cache: Path
+) -> None:
+    """The held-out rows live only in the sealed tree, and are exactly what
+    harvest(...).split() gives (the cut falls inside a batch of 4: rows 5 | 6-7)."""
+    train, test = _split(lm, tiny_texts)
+    whole_train, whole_test = _harvest(lm, tiny_texts).split(0.2)
+    assert train.path.is_relative_to(cache_root()) and test.path.is_relative_to(sealed_root())
+    assert not test.path.is_relative_to(cache_root())
+    for part, whole in ((train, whole_train), (test, whole_test)):
+        assert torch.equal(part.acts, whole.acts) and torch.equal(part.tokens, whole.tokens)
+        assert part.norm_scale == whole.norm_scale  # the whole cache's, on both sides
+    assert (train.n_seq, test.n_seq, train.meta["split"], test.meta["split"]) == (
+        5,
+        2,
+        "train",
+        "test",
+    )
+
+
+def test_an_unsplit_cache_is_cut_without_a_forward_and_removed(
+    lm: LanguageModel, tiny_texts: list[str], tmp_cache: Path, count_forwards: list[int]
+) -> None:
+    """Migration of a cache built before the split: rows copied, the old entry (held-out rows
+    in the training tree) gone."""
+    whole = _harvest(lm, tiny_texts)
+    expected, n_forwards = whole.acts.clone(), len(count_forwards)
+    train, test = _split(lm, tiny_texts)
+    assert len(count_forwards) == n_forwards, "the model ran again: the old entry was not cut"
+    assert not whole.path.exists()
+    assert torch.equal(torch.cat([train.acts, test.acts]), expected)
+    assert train.meta["mean_sq_norm"] == whole.meta["mean_sq_norm"]
+
+
+def test_the_training_split_loads_with_the_sealed_tree_unreachable(
+    lm: LanguageModel, tiny_texts: list[str], tmp_cache: Path, blocked_sealed: Path
+) -> None:
+    """What experiment.py reads needs the training tree alone; asking for the held-out rows or
+    building a cache from agent code is one line saying why and what to do."""
+    settings = (LAYER, tiny_texts, SEQ_LEN, 100, 0.2)
+    with pytest.raises(SaelabError, match=r"no activation cache .*\(python -m saelab.prepare\)"):
+        train_split(lm, *settings)
+    blocked = str(blocked_sealed)
+    with pytest.MonkeyPatch.context() as patch:  # the lab builds it, sealed tree reachable
+        patch.setenv("SAELAB_SEALED", str(tmp_cache.parent / "sealed"))
+        built, _ = _split(lm, tiny_texts)
+    assert os.environ["SAELAB_SEALED"] == blocked
+    train = train_split(lm, *settings)
+    assert torch.equal(train.acts, built.acts) and train.path == built.path
+    with pytest.raises(SealedError, match="sealed evaluation data .* read only by the referee"):
+        held_out_split(lm, *settings)

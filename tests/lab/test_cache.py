@@ -1,4 +1,5 @@
-"""Cache helpers: location, all-or-nothing writes, one builder at a time."""
+"""Cache helpers: location (a training tree and a sealed one), all-or-nothing writes, one
+builder at a time, and the move of an old cache's eval data into the sealed tree."""
 
 from __future__ import annotations
 
@@ -8,7 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from saelab.cache import atomic_dir, atomic_write, cache_dir, file_lock, read_json, write_json
+from saelab.cache import (
+    atomic_dir,
+    atomic_write,
+    cache_dir,
+    file_lock,
+    read_json,
+    sealed_dir,
+    sealed_root,
+    write_json,
+)
+from saelab.data import BUILD_VERSION
+from saelab.prepare import seal_old_cache
 
 
 def test_cache_dir_honours_env(tmp_cache: Path) -> None:
@@ -73,3 +85,35 @@ def test_a_full_disk_is_refused_before_any_build(tmp_cache, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "0.1 GB free" in err and "activations (300,000 tokens x d_model 640" in err
     assert not (tmp_cache / "models").exists()
+
+
+def test_an_old_cache_moves_its_eval_data_to_the_sealed_tree(tmp_cache: Path) -> None:
+    """A cache from before the split: eval sets, their sources and the eval cache move (merged
+    into what the sealed tree already holds); the training corpora stay; a second run is free."""
+    data = tmp_cache / "data" / f"offline-v{BUILD_VERSION}"
+    old = [data / "probing.json", data / "probing.json.sha256", data / "bigbench.json"]
+    old += [tmp_cache / "data" / "downloads" / "bigbench.tar.gz"]
+    old += [tmp_cache / "evals" / "residuals" / "a.safetensors", tmp_cache / "evals" / "w.json"]
+    kept = data / "corpus-offline-mix.json"
+    for path in [*old, kept]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(path.name)
+    already = sealed_root() / "evals" / "residuals" / "b.safetensors"
+    already.parent.mkdir(parents=True)
+    already.write_text("b")
+    assert seal_old_cache() == len(old)
+    for path in old:
+        moved = sealed_root() / path.relative_to(tmp_cache)
+        assert not path.exists() and moved.read_text() == path.name
+    assert kept.read_text() == kept.name and already.read_text() == "b"
+    assert seal_old_cache() == 0
+
+
+def test_the_sealed_tree_follows_the_cache_root_unless_named(
+    tmp_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sibling, never inside the training tree: a read allow-list can grant one alone."""
+    assert sealed_root() == Path(f"{tmp_cache}-sealed")
+    assert sealed_dir("evals") == Path(f"{tmp_cache}-sealed") / "evals"
+    monkeypatch.setenv("SAELAB_SEALED", str(tmp_path / "elsewhere"))
+    assert sealed_dir("x") == tmp_path / "elsewhere" / "x"

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from saelab import prepare
-from saelab.activations import harvest
+from saelab.activations import harvest_split
+from saelab.cache import sealed_root
 from saelab.evals import EVALS, run_evals
 from saelab.evals.reference import PCASAE
 from saelab.models import load_model
@@ -40,12 +41,16 @@ def prepared(hub_lab: Path, hub_gemma2: Path) -> dict[str, int]:
 
 
 def test_prepare_builds_the_activation_cache_of_a_hub_folder(hub_lab, prepared):
-    (meta_path,) = (hub_lab / "activations").glob("*/meta.json")
-    meta = json.loads(meta_path.read_text())
+    """The training rows in the training tree, the held-out tail in the sealed one."""
+    (train_meta,) = (hub_lab / "activations").glob("*/meta.json")
+    (test_meta,) = (sealed_root() / "activations").glob("*/meta.json")
     n_seq = math.ceil(LAB.cache_tokens / LAB.seq_len)
-    assert (meta["d_model"], meta["layer"], meta["seq_len"]) == (64, LAYER, LAB.seq_len)
-    assert meta["n_tokens"] == n_seq * LAB.seq_len
-    assert (meta_path.parent / "acts.bin").stat().st_size == meta["n_tokens"] * 64 * 2
+    n_test = math.ceil(LAB.test_fraction * n_seq)
+    for meta_path, rows in ((train_meta, n_seq - n_test), (test_meta, n_test)):
+        meta = json.loads(meta_path.read_text())
+        assert (meta["d_model"], meta["layer"], meta["seq_len"]) == (64, LAYER, LAB.seq_len)
+        assert meta["n_tokens"] == rows * LAB.seq_len and meta["cache_n_seq"] == n_seq
+        assert (meta_path.parent / "acts.bin").stat().st_size == meta["n_tokens"] * 64 * 2
 
 
 def test_the_disk_estimate_reads_the_folder_config_and_frees_a_built_cache(prepared):
@@ -59,8 +64,8 @@ def test_the_evals_score_an_sae_on_it_through_load_model(hub_gemma2, prepared):
     model = load_model(str(hub_gemma2))
     assert (model.d_model, model.n_layers, model.vocab_size) == (64, 4, 262144)
     assert model.hf_model.config._attn_implementation == "eager"
-    cache = harvest(model, LAYER, LAB.corpus, LAB.seq_len, LAB.cache_tokens, progress=False)
-    train, test = cache.split(LAB.test_fraction)
+    settings = (LAYER, LAB.corpus, LAB.seq_len, LAB.cache_tokens, LAB.test_fraction)
+    train, test = harvest_split(model, *settings, progress=False)
     sae = PCASAE(train.acts.float().flatten(0, 1), k=32)  # half the 64 dimensions
     blocks = run_evals(sae, model, LAYER, test_cache=test, config=LAB.eval_config())
     assert set(blocks) == set(EVALS)

@@ -14,6 +14,7 @@ import torch
 
 from orchestrator.templates import load_template
 from orchestrator.trust.validate import validate_result, validate_run
+from saelab.activations import held_out_split
 from saelab.evals import EVALS, Normalized, run_evals
 from saelab.profiles import profile
 from saelab.referee import measure
@@ -176,6 +177,7 @@ def test_two_seeds_trained_on_the_same_data_share_features(ex):
 
 # ---------------------------------------------------------------------------- end to end
 TINY = profile("tiny")
+SPLIT = ("layer", "corpus", "seq_len", "cache_tokens", "test_fraction")  # a split cache's key
 
 
 def referee_json(run_dir: Path, evals: tuple[str, ...] = EVALS) -> dict:
@@ -215,11 +217,23 @@ def test_tiny_run_trains_and_passes_the_template_rules(tiny_run):
     assert (tiny_run / "sae_weights.safetensors").is_file()
 
 
+def test_the_experiment_trains_with_the_sealed_tree_unreachable(
+    ex, tiny_run, tmp_path, blocked_sealed
+):
+    """Agent code's sandbox grants the training tree alone: experiment.py, and all it imports
+    from saelab, trains and saves with nothing under the sealed tree reachable (tiny_run built
+    the split cache first, as saelab.prepare does)."""
+    out_dir = tmp_path / "run_s"
+    ex.main([f"--out_dir={out_dir}", "--budget=tiny", "--train_tokens=8192"])
+    assert (out_dir / "encode.pt2").is_file() and not blocked_sealed.exists()
+
+
 def test_referee_numbers_equal_the_in_process_evals(ex, tmp_path):
     """The regression test of the move: an SAE measured from its exported programs scores what
     the in-process evals gave the module itself (the path experiment.py used to take)."""
     cfg = ex.parse_args([f"--out_dir={tmp_path}", "--budget=tiny", "--architecture=topk"])
-    model, train_cache, test_cache = ex.load_data(cfg)
+    model, train_cache = ex.load_data(cfg)
+    test_cache = held_out_split(model, *(getattr(TINY, k) for k in SPLIT))
     torch.manual_seed(0)
     sae = ex.build_sae(cfg, model.d_model, ex.data_mean(train_cache, "cpu")).eval()
     scale = train_cache.norm_scale
@@ -279,7 +293,7 @@ def test_saved_sae_reads_raw_residuals(ex, tiny_run):
 def test_an_all_zero_sae_fails_the_rules(ex, tiny_run, tmp_path):
     """The old system's failure: zero weights. The referee's numbers must not pass."""
     cfg = ex.parse_args([f"--out_dir={tmp_path}", "--budget=tiny"])
-    model, train_cache, _ = ex.load_data(cfg)
+    model, train_cache = ex.load_data(cfg)
     sae = ex.build_sae(cfg, model.d_model, ex.data_mean(train_cache, "cpu"))
     with torch.no_grad():
         for parameter in sae.parameters():
