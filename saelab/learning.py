@@ -27,6 +27,10 @@ from saelab.artifact import ExportedSAE
 SEED = 20_261_204  # the random basis: one for every run; not 0-2, which experiments seed inits with
 TOKENS = 8192  # held-out tokens measured on (the core eval's 64 sequences of 128)
 CHUNK = 256  # one-hot codes decoded per call
+# Provisional: 1.18 for the lying run (100 steps at lr 2e-4), 2.79 for a tiny-budget SAE that
+# trained, ~1.0 at init. It becomes template.json's learning rule once run_0's recipe at 3 seeds
+# and the old 0.9M-token default are measured (make baseline regenerates run_0 with it).
+LEARNED_RATIO = 1.5
 
 
 @torch.no_grad()

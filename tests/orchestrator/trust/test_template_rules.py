@@ -25,7 +25,7 @@ MISSING = object()  # set_path's value that deletes the path
 
 def baseline(spec: TemplateSpec) -> dict:
     """The committed baseline's results: what it reported, with what the referee measured
-    laid over it (as orchestrator.validate merges them)."""
+    laid over it (as orchestrator.trust.validate merges them)."""
     run_dir = spec.root / spec.baseline_run
     result = json.loads((run_dir / spec.result_file).read_text())
     if spec.referee:
