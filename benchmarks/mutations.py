@@ -93,6 +93,8 @@ MUTATIONS = [
     Mutation("secrets_kept", "orchestrator/trust/runner.py", 'env=scrubbed_env(env) | {"PYTHONUNBUFFERED": "1"},', 'env=dict(env or os.environ) | {"PYTHONUNBUFFERED": "1"},', "LLM keys never reach the experiment", RUNNER),
     Mutation("stale_run_lives", "orchestrator/trust/runner.py", "                _kill_group(pgid, GRACE_SECONDS)", "                pass", "a resume kills the run a kill -9 orphaned", RUNNER),
     Mutation("stranger_killed", "orchestrator/trust/runner.py", "            if _runs_in(pgid, workspace):", "            if True:", "a stale pid file never kills a stranger", RUNNER),
+    Mutation("orphans_live", "orchestrator/trust/runner.py", "                preexec_fn=dies_with_parent(),  # nothing outlives the orchestrator, kill -9 too\n", "", "nothing the runner starts outlives the orchestrator (kill -9)", (T + "trust/test_runner.py::test_sigkill_of_the_orchestrator_ends_its_sandboxed_run",)),
+    Mutation("init_orphans_live", "orchestrator/trust/sandbox.py", "child = subprocess.Popen(command, preexec_fn=dies_with_parent())", "child = subprocess.Popen(command)", "without namespaces, the command dies with the sandbox's first process", (T + "trust/test_runner.py::test_sigkill_of_the_orchestrator_ends_its_sandboxed_run",)),
     # workspace.py: the protected-file manifest and its revert
     Mutation("no_restore", "orchestrator/trust/workspace.py", '            self.repo.git.checkout(self.pristine, "--", *restore)', "            pass", "changed protected files are restored", WORKSPACE),
     Mutation("no_hash_check", "orchestrator/trust/workspace.py", "            elif _sha256(full) != digest:", "            elif False:", "a changed protected file is noticed", WORKSPACE),
