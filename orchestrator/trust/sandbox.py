@@ -126,7 +126,7 @@ def dies_with_parent() -> Callable[[], None] | None:
         if prctl(PR_SET_PDEATHSIG, sigkill, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         if os.getppid() != parent:  # the parent died between fork and prctl: nobody to signal us
-            os.kill(os.getpid(), sigkill)
+            signal.raise_signal(sigkill)
 
     return arm
 

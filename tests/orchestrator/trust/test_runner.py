@@ -18,7 +18,7 @@ from orchestrator.trust.runner import (
     run_experiment,
     scrubbed_env,
 )
-from orchestrator.trust.sandbox import probe
+from orchestrator.trust.sandbox import dies_with_parent, probe
 from tests.orchestrator.helpers import (
     REPO,
     alive,
@@ -176,6 +176,15 @@ def test_sigkill_of_the_orchestrator_ends_its_sandboxed_run(tmp_path, namespaces
         for pid in alive(tree):
             os.kill(pid, signal.SIGKILL)
     print(f"{len(tree)} processes gone {time.monotonic() - start:.3f} s after the SIGKILL")
+
+
+def test_a_child_whose_parent_died_before_it_was_armed_ends_itself(monkeypatch):
+    assert subprocess.Popen(["true"], preexec_fn=dies_with_parent()).wait(timeout=10) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "getpid", lambda: 0)  # the child will see another parent than this
+        orphaned = dies_with_parent()
+    child = subprocess.Popen(["sleep", "30"], preexec_fn=orphaned)
+    assert child.wait(timeout=10) == -signal.SIGKILL
 
 
 def test_llm_credentials_are_not_visible_to_the_child(tmp_path, monkeypatch):
