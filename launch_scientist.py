@@ -19,7 +19,7 @@ from pathlib import Path  # noqa: E402
 
 from orchestrator import batch, loop, session  # noqa: E402
 from orchestrator.agent.llm import API_KEY_VAR, LLMError, LLMHalt, ProviderRefused  # noqa: E402
-from orchestrator.ideas import IDEAS_DIR, IdeaError, available, list_ideas  # noqa: E402
+from orchestrator.ideas import IDEAS_DIR, IdeaError, available, read_ideas  # noqa: E402
 from orchestrator.journal import Journal  # noqa: E402
 from orchestrator.templates import TemplateError  # noqa: E402
 from orchestrator.trust.workspace import JOURNAL, WorkspaceError  # noqa: E402
@@ -143,10 +143,17 @@ def names(text: str) -> list[str]:
     return found
 
 
-def print_ideas(ideas_dir: Path) -> None:
-    for idea in list_ideas(ideas_dir):
+def print_ideas(ideas_dir: Path) -> int:
+    """Every readable idea, then each unreadable file with its error; 2 when none is readable."""
+    ideas, errors = read_ideas(ideas_dir)
+    for idea in ideas:
         scores = " ".join(f"{k}={v}" for k, v in idea.scores.items())
-        print(f"{idea.name:24} {idea.title}  [{idea.template}] {scores}".rstrip())
+        print(f"{idea.name:24} {idea.title}  [{idea.template}] {scores}".rstrip(), flush=True)
+    for err in errors:
+        print(f"unreadable: {err}", file=sys.stderr)
+    if not ideas:
+        print(f"error: no readable idea in {ideas_dir}; pass --ideas-dir DIR", file=sys.stderr)
+    return 0 if ideas else 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.list_ideas:
-            print_ideas(args.ideas_dir)
-            return 0
+            return print_ideas(args.ideas_dir)
         if args.summary:
             batch.report(args.summary)
             return 0

@@ -77,7 +77,7 @@ def load_idea(name: str, ideas_dir: Path = IDEAS_DIR) -> Idea:
     if not path.is_file():
         names = ", ".join(available(ideas_dir)) or "none"
         raise IdeaError(f"idea '{name}' not found in {ideas_dir}; available: {names}")
-    raw = read_json_object(path, IdeaError)
+    raw = _read(path)
     for key in REQUIRED_TEXT:
         if not isinstance(raw.get(key), str) or not raw[key].strip():
             raise IdeaError(f"{path}: field '{key}' is missing or not a non-empty string")
@@ -145,7 +145,29 @@ def check_hypotheses(idea: Idea, key_metrics: dict[str, str]) -> None:
 
 def list_ideas(ideas_dir: Path = IDEAS_DIR) -> list[Idea]:
     """Every idea in `ideas_dir`; a malformed one raises, naming its file and field."""
-    return [load_idea(name, ideas_dir) for name in available(ideas_dir)]
+    ideas, errors = read_ideas(ideas_dir)
+    if errors:
+        raise errors[0]
+    return ideas
+
+
+def read_ideas(ideas_dir: Path = IDEAS_DIR) -> tuple[list[Idea], list[IdeaError]]:
+    """Every readable idea in `ideas_dir`, and the one-line error of each file that is not one
+    (one bad file must not hide the good ones: --list-ideas)."""
+    ideas, errors = [], []
+    for name in available(ideas_dir):
+        try:
+            ideas.append(load_idea(name, ideas_dir))
+        except IdeaError as err:
+            errors.append(err)
+    return ideas, errors
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return read_json_object(path, IdeaError)
+    except (OSError, UnicodeDecodeError) as err:  # unreadable: permissions, a directory, binary
+        raise IdeaError(f"{path}: cannot be read ({err}); fix the file or remove it") from err
 
 
 def playbook_path(name: str, ideas_dir: Path = IDEAS_DIR) -> Path:

@@ -40,7 +40,7 @@ from rich.text import Text
 
 from orchestrator.console import console as default_console
 from orchestrator.templates import TemplateSpec, expand_command
-from orchestrator.trust.sandbox import Box, sandbox_env
+from orchestrator.trust.sandbox import Box, dies_with_parent, sandbox_env
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,7 @@ def run_command(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=dies_with_parent(),  # nothing outlives the orchestrator, kill -9 too
             )
         except OSError as err:
             sink.write(f"could not start: {err}\n".encode())

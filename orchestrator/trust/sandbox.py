@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -37,7 +38,7 @@ from pathlib import Path
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446
 CREATE_RULESET_VERSION = 1
 RULE_PATH_BENEATH, RULE_NET_PORT = 1, 2
-PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1, 2, 4, 8
 FS_READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
 # write-side rights by the ABI that introduced them: 1 (remove dir .. make sym), 2 refer,
@@ -109,6 +110,25 @@ def _namespaces_work() -> bool:
 def _unshare(network: bool) -> list[str]:
     flags = ["--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child"]
     return ["unshare", *flags, "--mount-proc", *([] if network else ["--net"])]
+
+
+def dies_with_parent() -> Callable[[], None] | None:
+    """A Popen `preexec_fn`: the child is SIGKILLed when the thread that started it ends, however
+    the orchestrator dies (kill -9 included). On `unshare --kill-child` that takes the whole PID
+    namespace down. Popen and its wait must run in the same thread (the kernel's "parent" is the
+    thread). None off Linux, which has no parent-death signal."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # found here: the forked child loads nothing
+    parent, sigkill = os.getpid(), int(signal.SIGKILL)
+
+    def arm() -> None:
+        if prctl(PR_SET_PDEATHSIG, sigkill, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # the parent died between fork and prctl: nobody to signal us
+            signal.raise_signal(sigkill)
+
+    return arm
 
 
 def sandbox_env(home: Path, network: bool, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -229,7 +249,8 @@ def _landlock(writable: list[Path], network: bool) -> None:
 def _init(command: list[str]) -> int:
     """Run `command` as our child, pass on SIGTERM/SIGINT, reap orphans, return its status.
     (The first process of a PID namespace gets no default signal actions, so it must relay.)"""
-    child = subprocess.Popen(command)
+    # where there are no namespaces, the command must not outlive this process either
+    child = subprocess.Popen(command, preexec_fn=dies_with_parent())
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, _frame: child.send_signal(number))
     while True:

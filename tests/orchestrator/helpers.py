@@ -116,3 +116,46 @@ def wait_for(probe, seconds: float):
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.05)
     return found
+
+
+# ---- processes: what a run left behind ----------------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, by the parent links in /proc (the run's whole tree while the
+    orchestrator lives: setsid daemons included, nothing of theirs is orphaned yet)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:  # gone while we looked
+            continue
+        children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return sorted(found)
+
+
+def alive(pids: list[int]) -> list[int]:
+    """Those of `pids` still running; a zombie has ended (only its reaping is left)."""
+    running = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in "ZX":
+            running.append(pid)
+    return running
+
+
+def argv(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []

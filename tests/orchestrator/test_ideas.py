@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from orchestrator.agent import llm
-from orchestrator.ideas import IdeaError, list_ideas, load_idea, load_playbook
+from orchestrator.ideas import IdeaError, list_ideas, load_idea, load_playbook, read_ideas
 from tests.orchestrator.helpers import IDEAS
 
 
@@ -52,7 +53,15 @@ def test_default_template_and_invalid_json(tmp_path):
     write_idea(tmp_path, "plain")
     assert load_idea("plain", tmp_path).template == "temporal_sae"
     (tmp_path / "broken.json").write_text("{nope")
-    with pytest.raises(IdeaError, match="invalid JSON"):
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe")
+    ideas, errors = read_ideas(tmp_path)
+    assert [idea.name for idea in ideas] == ["plain"]
+    assert [str(e).split(": ", 1)[0] for e in errors] == [
+        str(tmp_path / "binary.json"),
+        str(tmp_path / "broken.json"),
+    ]
+    assert "cannot be read" in str(errors[0]) and "invalid JSON" in str(errors[1])
+    with pytest.raises(IdeaError, match="cannot be read"):  # all or nothing: the first error
         list_ideas(tmp_path)
 
 
@@ -116,3 +125,27 @@ def test_an_unroutable_model_is_one_line(launch_args):
     )
     assert done.returncode == 2 and done.stderr.startswith("error: unknown model 'nonsense'")
     assert "Traceback" not in done.stderr
+
+
+def test_list_ideas_shows_the_good_ideas_beside_a_broken_file(tmp_path, launch_args):
+    for name in ("tiny_fast", "tiny_lr"):
+        shutil.copy(IDEAS / f"{name}.json", tmp_path)
+    (tmp_path / "broken.json").write_text('{"Name": "broken",')
+    out = subprocess.run(
+        launch_args("--list-ideas", "--ideas-dir", str(tmp_path)), capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert [line.split()[0] for line in out.stdout.splitlines()] == ["tiny_fast", "tiny_lr"]
+    (error,) = out.stderr.splitlines()
+    assert error.startswith(f"unreadable: {tmp_path / 'broken.json'}: invalid JSON")
+    assert error.endswith("fix the syntax")
+
+    for name in ("tiny_fast", "tiny_lr"):
+        (tmp_path / f"{name}.json").unlink()
+    none = subprocess.run(
+        launch_args("--list-ideas", "--ideas-dir", str(tmp_path)), capture_output=True, text=True
+    )
+    assert none.returncode == 2 and none.stdout == ""
+    assert none.stderr.splitlines()[1] == (
+        f"error: no readable idea in {tmp_path}; pass --ideas-dir DIR"
+    )

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import git
@@ -19,6 +22,9 @@ from tests.orchestrator.helpers import (
     EXPERIMENT,
     REPO,
     TEMPLATES,
+    alive,
+    argv,
+    descendants,
     kinds,
     knob,
     set_knob,
@@ -182,58 +188,81 @@ def test_no_llm_configured_runs_the_playbook_loudly(run_loop):
     assert kinds(ws, "start")[0]["llm_source"].startswith("playbook")
 
 
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _slow_referee(templates: Path, flag: Path) -> Path:
+    """A copy of the tiny template whose referee says so, then sleeps on run_1 while `flag`
+    says so."""
+    shutil.copytree(TEMPLATES, templates)
+    referee = templates / "tiny" / "referee.py"
+    nap = f"float(Path({str(flag)!r}).read_text() or 0) if run_dir.name == 'run_1' else 0"
+    nap = f'print("referee: sleeping", flush=True)\ntime.sleep({nap})'
+    code = referee.read_text().replace("import sys\n", "import sys\nimport time\n")
+    referee.write_text(code.replace("w = np.load(", f"{nap}\nw = np.load(", 1))
+    return templates
 
 
-def _pid_file(results: Path) -> Path | None:
-    """run_1's process-group file, once the runner has written it."""
-    found = [p for p in results.glob("*/run_1/.runner.pgid") if p.read_text().strip()]
-    return found[0] if found else None
+# phase -> (the script that sleeps, its log in run_1/, the line it writes before it sleeps)
+PHASES = {
+    "run": ("experiment.py", "log.txt", "training for 300 steps"),
+    "referee": ("referee.py", "referee_log.txt", "referee: sleeping"),
+}
 
 
-def test_resume_after_sigkill_mid_run_loses_nothing(tmp_path, scripted, reply, launch_args):
-    # Only the first launch's run hangs (the flag file is gone before the resume), so a group
-    # still gone after the quick resume was ended by the resume, not by the clock. (A file, not
-    # an environment variable: the sandbox passes experiments an allow-listed environment.)
+@pytest.mark.parametrize("phase", PHASES)
+def test_sigkill_leaves_no_process_and_the_same_command_resumes(
+    tmp_path, scripted, reply, launch_args, phase
+):
+    # The run (or its referee) sleeps while the flag file says so; the orchestrator is killed
+    # then, and the flag is emptied before the same command runs again. (A file, not an
+    # environment variable: the sandbox passes agent and lab code an allow-listed environment.)
     flag = tmp_path / "sleep.flag"
     flag.write_text("60")
-    slow = f'float(__import__("pathlib").Path({str(flag)!r}).read_text() or 0)'
-    server = scripted(
-        [reply("Sleep when asked.", knob("sleep_seconds", slow), knob("steps", "300"))]
-    )
+    edits, templates = [knob("steps", "300")], TEMPLATES
+    if phase == "run":
+        slow = f'float(__import__("pathlib").Path({str(flag)!r}).read_text() or 0)'
+        edits.append(knob("sleep_seconds", slow))
+    else:
+        templates = _slow_referee(tmp_path / "templates", flag)
+    server = scripted([reply("Sleep when asked.", *edits)])
     model = ("--model", "openai/scripted", "--api-base", server.url)
     launch = launch_args("--idea", "tiny_lr", *model, "--max-runs", "1")
+    launch += ["--template-dir", str(templates)]
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(launch, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
-            pid_file = wait_for(lambda: _pid_file(tmp_path / "results"), 60)
+            tree = wait_for(lambda: _asleep(proc.pid, tmp_path / "results", *PHASES[phase]), 90)
         finally:
             proc.kill()  # SIGKILL: no cleanup of any kind
             proc.wait()
-    pgid = int(pid_file.read_text())
-    assert _group_exists(pgid)  # the orphaned run lives on after its orchestrator died
-    ws = pid_file.parents[1]
+    killed = time.monotonic()
+    try:  # nothing of the run outlives its orchestrator (what prints nothing would live on)
+        wait_for(lambda: not alive(tree), 2.0)
+    finally:  # and a failure leaves no sleeper behind
+        for pid in alive(tree):
+            os.kill(pid, signal.SIGKILL)
+    print(f"{phase}: {len(tree)} processes gone {time.monotonic() - killed:.2f} s after kill -9")
+    (ws,) = (tmp_path / "results").iterdir()
     before = (ws / "journal.jsonl").read_text()
-    assert [e["kind"] for e in kinds(ws, "commit")] == ["commit"] and not kinds(ws, "run")
+    assert [e["kind"] for e in kinds(ws, "commit")] == ["commit"] and not kinds(ws, "run_done")
 
     flag.write_text("")  # the resumed run does not sleep
-    done = subprocess.run(
-        launch_args("--resume", str(ws)), cwd=REPO, capture_output=True, timeout=120
-    )
+    done = subprocess.run(launch, cwd=REPO, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
+    assert f"resuming the unfinished workspace {ws}" in done.stdout.decode()
     assert (ws / "journal.jsonl").read_text().startswith(before)  # nothing recorded was lost
     seqs = [e["seq"] for e in Journal(ws / "journal.jsonl").entries()]
     assert seqs == list(range(len(seqs)))
     assert statuses(ws) == [("run_1", "ok")]
     assert len(kinds(ws, "commit")) == 1  # the edit was not re-requested or re-committed
     assert len(server.requests) == 2  # the opening turn, then the last after-run turn
-    # The orphaned run (60 s sleep) was ended by the resume; its zombie may take PID 1 a moment.
-    wait_for(lambda: not _group_exists(pgid), 10)
+
+
+def _asleep(orchestrator: int, results: Path, script: str, log: str, line: str) -> list[int]:
+    """The processes below `orchestrator` once `script` runs there and has written `line` to
+    run_1/`log` (it sleeps silently after it, so no broken pipe would end it); else []."""
+    tree = descendants(orchestrator)
+    running = any([Path(a).name for a in argv(pid)[1:2]] == [script] for pid in tree)
+    logs = results.glob(f"*/run_1/{log}")
+    return tree if running and any(line in path.read_text() for path in logs) else []
 
 
 def test_ctrl_c_in_agent_turn_then_resume_asks_again(run_loop, reply, monkeypatch, tmp_path):

@@ -1,6 +1,8 @@
 """runner.py: process groups, timeouts, Ctrl-C, scrubbed environment, bounded output."""
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,7 +18,16 @@ from orchestrator.trust.runner import (
     run_experiment,
     scrubbed_env,
 )
-from tests.orchestrator.helpers import REPO, core_spec, core_write_template
+from orchestrator.trust.sandbox import dies_with_parent, probe
+from tests.orchestrator.helpers import (
+    REPO,
+    alive,
+    argv,
+    core_spec,
+    core_write_template,
+    descendants,
+    wait_for,
+)
 
 # A group leader that leaves a background grandchild: both must die.
 SLEEPER = "echo $$ > {pids}; sleep 60 & echo $! >> {pids}; echo started; wait"
@@ -117,6 +128,63 @@ def test_ctrl_c_in_the_orchestrator_kills_the_child_group(tmp_path):
     assert _group_gone(leader)
     with pytest.raises(ProcessLookupError):
         os.kill(grandchild, 0)
+
+
+# An orchestrator that runs one sandboxed command (argv[1], a JSON list) in argv[2], as the
+# loop does; `namespaces` 0 stands for a machine without them.
+SANDBOXED = """
+import json, sys
+from pathlib import Path
+from orchestrator.trust.runner import run_command
+from orchestrator.trust.sandbox import Box, Protections, probe
+where, namespaces = Path(sys.argv[2]), sys.argv[3] == "1"
+box = Box([where], protections=Protections(probe().landlock_abi, namespaces))
+run_command(box.wrap(json.loads(sys.argv[1])), where, where / "log.txt", 60, live=False)
+"""
+# a setsid daemon and a background child, then the shell waits: the whole tree must go
+NAP = ["-c", "import time; time.sleep(60)"]
+TREE = ["sh", "-c", f"setsid sleep 60 & sleep 60 & exec python3 {shlex.join(NAP)}"]
+
+
+def _started(root: int, args: list[str]) -> list[int]:
+    """The processes below `root` run with `args` (after the program, which PATH may expand)."""
+    return [pid for pid in descendants(root) if argv(pid)[1 : len(args) + 1] == args]
+
+
+@pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "no-namespaces"])
+def test_sigkill_of_the_orchestrator_ends_its_sandboxed_run(tmp_path, namespaces):
+    if namespaces and not probe().namespaces:
+        pytest.skip("no user/PID namespaces on this machine")
+    # without namespaces only the chain the orchestrator started dies with it (README)
+    command = TREE if namespaces else ["python3", *NAP]
+    orchestrator = subprocess.Popen(
+        [sys.executable, "-c", SANDBOXED, json.dumps(command), str(tmp_path), str(int(namespaces))],
+        cwd=REPO,
+    )
+    try:
+        wait_for(lambda: _started(orchestrator.pid, NAP), 30)
+        time.sleep(0.2)  # the shell's other children
+        tree = descendants(orchestrator.pid)
+        assert len(tree) >= (5 if namespaces else 2), [argv(p) for p in tree]
+    finally:
+        orchestrator.kill()  # SIGKILL: no cleanup of any kind
+        orchestrator.wait()
+    start = time.monotonic()
+    try:
+        wait_for(lambda: not alive(tree), 2.0)
+    finally:  # a failure leaves no sleeper behind
+        for pid in alive(tree):
+            os.kill(pid, signal.SIGKILL)
+    print(f"{len(tree)} processes gone {time.monotonic() - start:.3f} s after the SIGKILL")
+
+
+def test_a_child_whose_parent_died_before_it_was_armed_ends_itself(monkeypatch):
+    assert subprocess.Popen(["true"], preexec_fn=dies_with_parent()).wait(timeout=10) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "getpid", lambda: 0)  # the child will see another parent than this
+        orphaned = dies_with_parent()
+    child = subprocess.Popen(["sleep", "30"], preexec_fn=orphaned)
+    assert child.wait(timeout=10) == -signal.SIGKILL
 
 
 def test_llm_credentials_are_not_visible_to_the_child(tmp_path, monkeypatch):
