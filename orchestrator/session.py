@@ -305,7 +305,11 @@ def setup_lab(spec: TemplateSpec) -> float:
     command = expand_command(spec.setup_command, spec)
     console.rule("lab setup: shared caches")
     began = time.perf_counter()
-    returncode = subprocess.run(command, cwd=spec.root, check=False).returncode
+    # the lab's setup dies with the orchestrator too (a kill -9 leaves no prepare running)
+    done = subprocess.run(
+        command, cwd=spec.root, check=False, preexec_fn=sandbox.dies_with_parent()
+    )
+    returncode = done.returncode
     if returncode != 0:
         raise LoopError(
             f"lab setup failed (exit {returncode}; its message is above): fix it and run again, "
