@@ -15,7 +15,7 @@ from orchestrator.ideas import Idea
 from orchestrator.report import noise
 from orchestrator.templates import TemplateSpec, expand_command
 from orchestrator.text import render
-from orchestrator.trust.validate import Verdict, validate_run
+from orchestrator.trust.validate import REPORTED, Verdict, validate_run
 
 FACTS_CHARS = 1500  # cap on the top-level facts of final_info.json quoted in prompts
 SUMMARY_CHARS = 72  # commit subject length
@@ -54,7 +54,11 @@ def after_run(
         "after_run.j2",
         run_name=name,
         result_file=spec.result_file,
+        measured_file=spec.referee.result_file if spec.referee else None,
+        baseline=spec.baseline_run,
+        n_seeds=max((b.n_seeds for b in noise.load_bands(workspace, spec).values()), default=0),
         metrics=noise.against_baseline(workspace, spec, verdict.metrics),
+        reported=[metric for metric, source in verdict.sources.items() if source == REPORTED],
         facts=facts(workspace / name, spec),
         notes_file="notes.txt" if "notes.txt" in spec.editable_files else None,
         next_run=next_run if left > 0 else None,

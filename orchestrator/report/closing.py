@@ -33,7 +33,8 @@ def close(
     notes = write_notes(workspace, spec, journal, idea, replay_banner=banner)
     plots = make_plots(workspace, spec, journal, live=live)
     runs = collect_runs(workspace, spec, journal)
-    table = runs_table(runs, journal.usage(), journal.loop_seconds())
+    bands = noise.load_bands(workspace, spec)
+    table = runs_table(runs, journal.usage(), journal.loop_seconds(), bands)
     phases.notes_and_plots = time.perf_counter() - began
     console.print(table)
     console.print(f"notes: {notes}")
@@ -42,12 +43,19 @@ def close(
     console.print(phase_table(phases.seconds(journal)))
 
 
-def runs_table(runs: list[RunRecord], usage: Usage, wall_seconds: float) -> Table:
+def runs_table(
+    runs: list[RunRecord],
+    usage: Usage,
+    wall_seconds: float,
+    bands: Mapping[str, noise.Band] | None = None,
+) -> Table:
     """The closing table: one column per run attempt, one row per key metric, totals below.
 
     Runs as columns keep it readable at 80 columns with a dozen metrics; numbers are shown to
-    4 significant digits here (notes.txt has them in full).
+    4 significant digits here (notes.txt has them in full). The first run is the baseline: its
+    seed mean ± spread where `bands` has one, and every other run's difference from that mean.
     """
+    bands = bands or {}
     names = list(dict.fromkeys(name for run in runs for name in run.metrics))
     table = Table(
         title="Runs",
@@ -60,5 +68,7 @@ def runs_table(runs: list[RunRecord], usage: Usage, wall_seconds: float) -> Tabl
     table.add_row("verdict", *verdicts)
     table.add_row("seconds", *("" if r.seconds is None else f"{r.seconds:.0f}" for r in runs))
     for name in names:
-        table.add_row(name, *(noise.short(run.metrics.get(name)) for run in runs))
+        band, base = bands.get(name), runs[0].metrics.get(name)
+        cells = [noise.cell(run.metrics.get(name), base, band) for run in runs[1:]]
+        table.add_row(name, noise.baseline_cell(base, band), *cells)
     return table

@@ -135,7 +135,8 @@ def test_notes_without_banner_or_runs(tmp_path):
 
 
 def test_notes_mark_each_difference_against_the_baselines_seed_band(workspace, tmp_path):
-    # run_1 vs run_0: loss -0.0025 under 2 x 0.01 (within), score +0.037 over 2 x 0.001 (beyond)
+    # run_1 vs run_0's seed MEAN (not its seed-0 files: loss 0.01235, score 0.8731): loss
+    # -0.0101 under 2 x 0.01 (within), score +0.037 over 2 x 0.001 (beyond)
     write_noise(
         workspace / "run_0" / "noise.json",
         [0, 1, 2],
@@ -148,9 +149,9 @@ def test_notes_mark_each_difference_against_the_baselines_seed_band(workspace, t
     spec = _spec(tmp_path, noise="run_0/noise.json")
     notes = write_notes(workspace, spec, Journal(workspace / "journal.jsonl"), IDEA).read_text()
     table = _table(notes)
-    assert table["loss"][0] == "0.01235 ±0.01" and table["score"][0] == "0.8731 ±0.001"
-    assert table["loss"][1] == "0.009877 (-0.002469 ~)"
-    assert table["score"][1] == "0.91 (+0.0369 !)"
+    assert table["loss"][0] == "0.02 ±0.01" and table["score"][0] == "0.873 ±0.001"
+    assert table["loss"][1] == "0.009877 (-0.01012 ~)"
+    assert table["score"][1] == "0.91 (+0.037 !)"
     assert table["steps"][1] == "120 (+0)"  # no band for steps: a difference, no mark
     assert "over 3\nseeds" in notes or "over 3 seeds" in notes
 
@@ -165,8 +166,8 @@ def test_a_missing_or_broken_noise_file_means_no_band(tmp_path, caplog):
 
 def test_a_prompt_line_says_whether_a_difference_is_beyond_seed_noise():
     band = Band(mean=0.5, spread=0.01, n_seeds=3)
-    assert compared(0.53, 0.5, band, "run_0") == (
-        "0.53 (run_0 0.5, difference +0.03; beyond seed noise: seed spread 0.01 over 3 seeds)"
+    assert compared(0.53, 0.52, band, "run_0") == (  # from the mean 0.5, not seed 0's 0.52
+        "0.53 (run_0 mean 0.5 ±0.01 over 3 seeds, difference +0.03: beyond seed noise)"
     )
     assert "within seed noise" in compared(0.515, 0.5, band, "run_0")
     assert compared(0.515, 0.5, None, "run_0") == "0.515 (run_0 0.5, difference +0.015)"
