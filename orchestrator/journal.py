@@ -13,7 +13,8 @@ loop writes, with their fields:
     run       run_name, attempt, returncode, timed_out, seconds
     setup     seconds, sandbox_missing (protections this machine lacks), network, code (digest)
     verdict   run_name, ok, problems, metrics, sources (metric -> measured | reported),
-              artifact (the referee's digest), files (run-dir path -> sha256), commit
+              artifact (the referee's digest), files (run-dir path -> sha256), commit,
+              referee_seconds (the lab's measurement, wall time; None without a referee)
     run_done  run_name, status ("ok" | "invalid" | "crashed" | "timeout")
     end       reason
     skip      run_name, attempt, next_prompt (an agent turn that changed nothing)
@@ -241,6 +242,11 @@ class Journal:
     def run_seconds(self, since: datetime) -> list[float]:
         """Seconds of each run attempt that began at or after `since`."""
         return [e["seconds"] for e in self.since(since) if e.get("kind") == "run"]
+
+    def referee_seconds(self, since: datetime) -> list[float]:
+        """Seconds the lab's referee took for each verdict written at or after `since`."""
+        found = [e.get("referee_seconds") for e in self.since(since) if e.get("kind") == "verdict"]
+        return [seconds for seconds in found if isinstance(seconds, int | float)]
 
     def span(self) -> tuple[datetime, datetime] | None:
         """When the first and the last entry were written (None for an empty journal)."""
