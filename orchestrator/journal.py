@@ -8,7 +8,7 @@ loop writes, with their fields:
     llm_call  model, messages, response, prompt_tokens, completion_tokens, cost
     prompt    text, run_name (the run the prompt is about; may be absent)
     response  text (the agent's whole reply, analysis included), run_name
-    commit    sha, message, files
+    commit    sha, message, files, stats (path -> [lines added, lines deleted])
     revert    files, why
     run       run_name, attempt, returncode, timed_out, seconds
     setup     seconds, sandbox_missing (protections this machine lacks), network, code (digest)
@@ -105,6 +105,8 @@ class Attempt:
     verdict: dict | None
     response: dict | None
     replaced: bool  # a later attempt of the same run name exists
+    commit: dict | None = None  # the commit entry of the code that ran
+    next_commit: dict | None = None  # the commit of the edits in `response`
 
     @property
     def run_name(self) -> str:
@@ -215,6 +217,8 @@ class Journal:
                     _last(during, "verdict", entry["run_name"]),
                     _last(after, "response"),
                     latest[entry["run_name"]] != entry["seq"],
+                    _last(during, "commit"),
+                    _last(after, "commit"),
                 )
             )
         return attempts

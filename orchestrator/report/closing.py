@@ -1,4 +1,5 @@
-"""The loop's last word: notes.txt, the plots, the runs table and the time by phase."""
+"""The loop's last word: notes.txt, the plots, the runs on their commits (git notes and tags),
+the runs table and the time by phase."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from orchestrator.report import noise
 from orchestrator.report.notes import write_notes
 from orchestrator.report.plots import make_plots
 from orchestrator.report.records import RunRecord, collect_runs
+from orchestrator.report.story import annotate_commits
 from orchestrator.report.timing import Phases, phase_table
 from orchestrator.templates import TemplateSpec
 
@@ -34,6 +36,7 @@ def close(
     plots = make_plots(workspace, spec, journal, live=live)
     runs = collect_runs(workspace, spec, journal)
     bands = noise.load_bands(workspace, spec)
+    annotate_commits(workspace, runs, bands)
     table = runs_table(runs, journal.usage(), journal.loop_seconds(), bands)
     phases.notes_and_plots = time.perf_counter() - began
     console.print(table)

@@ -14,6 +14,7 @@ from orchestrator.report.noise import Band, compared, difference, load_bands, wr
 from orchestrator.report.notes import AGENT_NOTES_HEADING, GENERATED_MARK, write_notes
 from orchestrator.report.plots import make_plots
 from orchestrator.report.records import claims_success, collect_runs, without_edit_blocks
+from orchestrator.report.story import run_note
 from orchestrator.trust import sandbox
 from orchestrator.trust.workspace import file_digests
 from tests.orchestrator.helpers import core_result, core_spec, core_write_run
@@ -273,6 +274,37 @@ def test_edit_blocks_are_shortened_in_the_agent_analysis():
         "Then compare with run_0."
     )
     assert without_edit_blocks("No edits, just analysis.") == "No edits, just analysis."
+
+
+def test_a_turns_edit_blocks_become_one_line_with_the_commits_line_counts():
+    block = "{}\n```python\n<<<<<<< SEARCH\nlr = 1\n=======\nlr = 2\n>>>>>>> REPLACE\n```"
+    edits = [block.format("experiment.py"), "Why.", block.format("plot.py")]
+    reply = "\n\n".join(["Two edits.", *edits])
+    commit = {"sha": "1a2b3c4d5e6f", "files": ["experiment.py", "plot.py"]}
+    counted = commit | {"stats": {"experiment.py": [12, 3], "plot.py": [1, 0]}}
+    assert without_edit_blocks(reply, counted) == (
+        "Two edits.\n\n[edit to experiment.py +12 -3, plot.py +1 -0: git show 1a2b3c4d]\n\nWhy.\n\n"
+    )
+    assert "[edit to experiment.py, plot.py: the diff is in git log]" in without_edit_blocks(
+        reply,
+        commit,  # a journal from before commits recorded their stats
+    )
+    twice = "\n\n".join([block.format("experiment.py")] * 2)
+    assert without_edit_blocks(twice) == "[edit to experiment.py: the diff is in git log]\n\n"
+
+
+def test_a_git_note_has_the_verdict_and_differences_from_the_baseline_mean(workspace, tmp_path):
+    runs = collect_runs(workspace, _spec(tmp_path), Journal(workspace / "journal.jsonl"))
+    bands = {"score": Band(mean=0.873, spread=0.001, n_seeds=3)}
+    assert run_note(runs[1], runs[0], bands).splitlines() == [
+        "run_1 (attempt 1): VALID",
+        "steps: 120 (+0)",
+        "loss: 0.009877 (-0.002469)",
+        "score: 0.91 (+0.037 !)",
+        "(differences from run_0's seed mean; ~ within 2 seed spreads, ! beyond)",
+    ]
+    invalid = run_note(runs[3], runs[0], bands).splitlines()
+    assert invalid[:3] == ["run_2 (attempt 2): INVALID", *(f"- {p}" for p in runs[3].problems)]
 
 
 def test_a_run_file_changed_after_its_verdict_is_flagged_not_reread(workspace, tmp_path):
