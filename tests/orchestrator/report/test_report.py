@@ -12,7 +12,7 @@ from orchestrator.journal import Journal
 from orchestrator.report.closing import runs_table
 from orchestrator.report.noise import Band, compared, difference, load_bands, write_noise
 from orchestrator.report.notes import AGENT_NOTES_HEADING, GENERATED_MARK, write_notes
-from orchestrator.report.plots import make_plots
+from orchestrator.report.plots import effect_sizes, make_plots
 from orchestrator.report.records import claims_success, collect_runs, without_edit_blocks
 from orchestrator.report.story import run_note
 from orchestrator.trust import sandbox
@@ -230,6 +230,39 @@ def test_failing_plot_command_falls_back_to_builtin_plots(workspace, tmp_path):
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "plot broke" in (workspace / "plot_log.txt").read_text()
+
+
+def _three_seed_band(workspace) -> None:
+    """run_0's band: score mean 0.873, spread 0.001; loss mean 0.02, spread 0.01."""
+    per_seed = [
+        {"final_loss": loss, "eval.score": score}
+        for loss, score in ((0.02, 0.873), (0.03, 0.874), (0.01, 0.872))
+    ]
+    write_noise(workspace / "run_0" / "noise.json", [0, 1, 2], per_seed)
+
+
+def test_the_effect_plot_replaces_the_bars_where_a_seed_band_exists(workspace, tmp_path):
+    _three_seed_band(workspace)
+    spec = _spec(tmp_path, noise="run_0/noise.json")
+    confirmed = {"score": [0.905, 0.91, 0.915]}  # the confirmed run's seeds, drawn as a range
+    journal = Journal(workspace / "journal.jsonl")
+    paths = make_plots(workspace, spec, journal, live=False, confirmed=confirmed)
+    assert paths == [workspace / "plots" / "effects.png", workspace / "plots" / "loss_curves.png"]
+    assert (workspace / "plots" / "effects.png").read_bytes()[:4] == b"\x89PNG"
+    run_1 = collect_runs(workspace, spec, journal)[1]
+    sizes = effect_sizes(run_1, list(spec.key_metrics), load_bands(workspace, spec))
+    assert sizes["score"] == pytest.approx(37.0)  # (0.91 - 0.873) / 0.001: beyond ±2
+    assert sizes["loss"] == pytest.approx(-1.0123, abs=1e-4)  # (0.009877 - 0.02) / 0.01
+    assert "steps" not in sizes  # no band, no unit to measure it in
+
+
+def test_the_plot_command_cannot_replace_the_effect_plot(workspace, tmp_path):
+    _three_seed_band(workspace)
+    forge = "open('plots/effects.png', 'wb').write(b'forged'); open('plots/fig.png', 'wb')"
+    spec = _spec(tmp_path, noise="run_0/noise.json", plot_command=["{python}", "-c", forge])
+    paths = make_plots(workspace, spec, Journal(workspace / "journal.jsonl"), live=False)
+    assert paths == [workspace / "plots" / "fig.png", workspace / "plots" / "effects.png"]
+    assert (workspace / "plots" / "effects.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_template_plot_command_output_is_used(workspace, tmp_path):
