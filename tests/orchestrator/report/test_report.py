@@ -297,6 +297,16 @@ def test_runs_table_lists_runs_verdicts_metrics_and_totals(workspace, tmp_path):
     assert "175 LLM tokens, $0.0100, wall 1.5 min" in text
 
 
+def test_the_closing_table_shows_the_baseline_mean_and_differences_from_it(workspace, tmp_path):
+    journal = Journal(workspace / "journal.jsonl")
+    runs = collect_runs(workspace, _spec(tmp_path), journal)
+    bands = {"score": Band(mean=0.873, spread=0.001, n_seeds=3)}  # seed 0 scored 0.8731
+    console = Console(record=True, width=160)
+    console.print(runs_table(runs, journal.usage(), wall_seconds=90, bands=bands))
+    row = next(line for line in console.export_text().splitlines() if line.startswith("│ score"))
+    assert "0.873 ±0.001" in row and "0.91 (+0.037 !)" in row and "0.5 (-0.373 !)" in row
+
+
 def test_edit_blocks_are_shortened_in_the_agent_analysis():
     reply = (
         "Raise the learning rate.\n\nexperiment.py\n```python\n<<<<<<< SEARCH\nlr = 1\n=======\n"
