@@ -248,8 +248,10 @@ class Journal:
         return [e["seconds"] for e in self.since(since) if e.get("kind") == "run"]
 
     def referee_seconds(self, since: datetime) -> list[float]:
-        """Seconds the lab's referee took for each verdict written at or after `since`."""
-        found = [e.get("referee_seconds") for e in self.since(since) if e.get("kind") == "verdict"]
+        """Seconds the lab's referee took for each verdict (a confirmation seed's included)
+        written at or after `since`."""
+        verdicts = ("verdict", "confirm_verdict")
+        found = [e.get("referee_seconds") for e in self.since(since) if e.get("kind") in verdicts]
         return [seconds for seconds in found if isinstance(seconds, int | float)]
 
     def span(self) -> tuple[datetime, datetime] | None:

@@ -56,7 +56,6 @@ def after_run(
         run_name=name,
         result_file=spec.result_file,
         measured_file=spec.referee.result_file if spec.referee else None,
-        baseline=spec.baseline_run,
         n_seeds=max((b.n_seeds for b in noise.load_bands(workspace, spec).values()), default=0),
         metrics=noise.against_baseline(workspace, spec, verdict.metrics),
         reported=[metric for metric, source in verdict.sources.items() if source == REPORTED],
@@ -65,6 +64,7 @@ def after_run(
         next_run=next_run if left > 0 else None,
         runs_left=left,
         end_marker=END_MARKER,
+        baseline=spec.baseline_run,
     )
 
 
