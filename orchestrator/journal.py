@@ -8,12 +8,13 @@ loop writes, with their fields:
     llm_call  model, messages, response, prompt_tokens, completion_tokens, cost
     prompt    text, run_name (the run the prompt is about; may be absent)
     response  text (the agent's whole reply, analysis included), run_name
-    commit    sha, message, files
+    commit    sha, message, files, stats (path -> [lines added, lines deleted])
     revert    files, why
     run       run_name, attempt, returncode, timed_out, seconds
     setup     seconds, sandbox_missing (protections this machine lacks), network, code (digest)
     verdict   run_name, ok, problems, metrics, sources (metric -> measured | reported),
-              artifact (the referee's digest), files (run-dir path -> sha256), commit
+              artifact (the referee's digest), files (run-dir path -> sha256), commit,
+              referee_seconds (the lab's measurement, wall time; None without a referee)
     run_done  run_name, status ("ok" | "invalid" | "crashed" | "timeout")
     end       reason
     skip      run_name, attempt, next_prompt (an agent turn that changed nothing)
@@ -111,6 +112,8 @@ class Attempt:
     verdict: dict | None
     response: dict | None
     replaced: bool  # a later attempt of the same run name exists
+    commit: dict | None = None  # the commit entry of the code that ran
+    next_commit: dict | None = None  # the commit of the edits in `response`
 
     @property
     def run_name(self) -> str:
@@ -250,6 +253,8 @@ class Journal:
                     _last(during, "verdict", entry["run_name"]),
                     _last(after, "response"),
                     latest[entry["run_name"]] != entry["seq"],
+                    _last(during, "commit"),
+                    _last(after, "commit"),
                 )
             )
         return attempts
@@ -302,6 +307,13 @@ class Journal:
         compare = _last(after, "compare")
         cis = dict(compare.get("cis") or {}) if compare else {}
         return Confirmation(plan, done, [verdicts[s] for s in sorted(verdicts)], cis)
+
+    def referee_seconds(self, since: datetime) -> list[float]:
+        """Seconds the lab's referee took for each verdict (a confirmation seed's included)
+        written at or after `since`."""
+        verdicts = ("verdict", "confirm_verdict")
+        found = [e.get("referee_seconds") for e in self.since(since) if e.get("kind") in verdicts]
+        return [seconds for seconds in found if isinstance(seconds, int | float)]
 
     def span(self) -> tuple[datetime, datetime] | None:
         """When the first and the last entry were written (None for an empty journal)."""

@@ -151,7 +151,10 @@ def _after_turn(session: Session, reply: str) -> Step:
     message = prompts.commit_message(session.turn_label, session.failures, reply)
     commit = session.ws.commit(message) or _unjournaled_head(session)
     if commit:
-        session.journal.append("commit", sha=commit.sha, message=commit.message, files=commit.files)
+        stats = session.ws.line_counts(commit.sha)
+        session.journal.append(
+            "commit", sha=commit.sha, message=commit.message, files=commit.files, stats=stats
+        )
         console.print(f"committed {commit.sha[:8]} {commit.message}")
     return _decide(session, reply, committed=commit is not None)
 

@@ -13,9 +13,10 @@ from typing import Any
 from orchestrator.agent.replay_server import END_MARKER
 from orchestrator.ideas import Idea
 from orchestrator.report import noise
+from orchestrator.report.records import EDIT_BLOCK
 from orchestrator.templates import TemplateSpec, expand_command
 from orchestrator.text import render
-from orchestrator.trust.validate import Verdict, validate_run
+from orchestrator.trust.validate import REPORTED, Verdict, validate_run
 
 FACTS_CHARS = 1500  # cap on the top-level facts of final_info.json quoted in prompts
 SUMMARY_CHARS = 72  # commit subject length
@@ -61,7 +62,10 @@ def after_run(
         "after_run.j2",
         run_name=name,
         result_file=spec.result_file,
+        measured_file=spec.referee.result_file if spec.referee else None,
+        n_seeds=max((b.n_seeds for b in noise.load_bands(workspace, spec).values()), default=0),
         metrics=noise.against_baseline(workspace, spec, verdict.metrics),
+        reported=[metric for metric, source in verdict.sources.items() if source == REPORTED],
         facts=facts(workspace / name, spec),
         notes_file="notes.txt" if "notes.txt" in spec.editable_files else None,
         next_run=next_run if left > 0 else None,
@@ -120,19 +124,56 @@ def guard(spec: TemplateSpec, where: str, changes: str, run_outputs: bool) -> st
 
 
 def commit_message(label: str, failures: int, reply: str) -> str:
-    """'<label>: <the agent's one-line summary>' (its first line of prose)."""
-    summary = next(
-        (
-            line.strip("#*> ").strip()
-            for line in reply.splitlines()
-            if line.strip() and not line.lstrip().startswith(EDIT_FENCES)
-        ),
-        "(no summary)",
-    )
+    """'<label>: <the agent's one-line summary>': its first line of prose before the first edit
+    block, or, when it wrote none there, a subject derived from the edit itself."""
+    summary = _summary_line(reply) or edit_subject(reply) or "(no summary)"
     if len(summary) > SUMMARY_CHARS:
         summary = summary[: SUMMARY_CHARS - 3] + "..."
     attempt = f" (attempt {failures + 1})" if failures else ""
     return f"{label}{attempt}: {summary}"
+
+
+def _summary_line(reply: str) -> str:
+    first_block = EDIT_BLOCK.search(reply)
+    prose = reply[: first_block.start()] if first_block else reply
+    return next(
+        (
+            line.strip("#*> ").strip()
+            for line in prose.splitlines()
+            if line.strip("#*> ").strip() and not line.lstrip().startswith(EDIT_FENCES)
+        ),
+        "",
+    )
+
+
+def edit_subject(reply: str) -> str:
+    """'experiment.py: lr = 1e-3 (was lr = 2e-3)': the files a reply's edit blocks change and
+    the first line they add (or remove); '' for a reply without edit blocks."""
+    blocks = list(EDIT_BLOCK.finditer(reply))
+    if not blocks:
+        return ""
+    files = ", ".join(dict.fromkeys(block["path"] or "a file" for block in blocks))
+    for block in blocks:
+        removed, added = _changed_lines(block["search"], block["replace"])
+        if added:
+            was = f" (was {removed[0]})" if len(removed) == len(added) == 1 else ""
+            return f"{files}: {added[0]}{was}"
+        if removed:
+            return f"{files}: remove {removed[0]}"
+    return f"{files}: no line changed"
+
+
+def _changed_lines(search: str, replace: str) -> tuple[list[str], list[str]]:
+    """The non-blank lines only one side of a SEARCH/REPLACE block has, without their
+    trailing comments (a subject names the change, the diff keeps the why)."""
+    before = [_code(line) for line in search.splitlines() if _code(line)]
+    after = [_code(line) for line in replace.splitlines() if _code(line)]
+    return [x for x in before if x not in after], [x for x in after if x not in before]
+
+
+def _code(line: str) -> str:
+    code = line.split("  # ")[0].strip()
+    return code or line.strip()
 
 
 def facts(run_dir: Path, spec: TemplateSpec) -> str:

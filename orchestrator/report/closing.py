@@ -1,4 +1,5 @@
-"""The loop's last word: notes.txt, the plots, the runs table and the time by phase."""
+"""The loop's last word: notes.txt, the plots, the runs on their commits (git notes and tags),
+the runs table and the time by phase."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from orchestrator.report.html import write_report
 from orchestrator.report.notes import write_notes
 from orchestrator.report.plots import make_plots
 from orchestrator.report.records import RunRecord, collect_runs
+from orchestrator.report.story import annotate_commits
 from orchestrator.report.timing import Phases, phase_table
 from orchestrator.templates import TemplateSpec
 from orchestrator.text import render
@@ -35,13 +37,15 @@ def close(
     and report.html's path last."""
     began = time.perf_counter()
     notes = write_notes(workspace, spec, journal, idea, replay_banner=banner)
-    plots = make_plots(workspace, spec, journal, live=live)
     runs = collect_runs(workspace, spec, journal)
     declared = parse_hypotheses(idea.get("Hypotheses", []), notes)
     found = findings.compute(workspace, spec, journal, declared)
     section = render("findings.j2", findings=found, baseline=spec.baseline_run)
+    plots = make_plots(workspace, spec, journal, live, findings.confirmed_values(journal))
     report = write_report(workspace, spec, journal, idea, findings=section)
-    table = runs_table(runs, journal.usage(), journal.loop_seconds(), found)
+    bands = noise.load_bands(workspace, spec)
+    annotate_commits(workspace, runs, bands)
+    table = runs_table(runs, journal.usage(), journal.loop_seconds(), bands, found)
     phases.notes_and_plots = time.perf_counter() - began
     console.print(table)
     console.print(f"notes: {notes}")
@@ -53,14 +57,20 @@ def close(
 
 
 def runs_table(
-    runs: list[RunRecord], usage: Usage, wall_seconds: float, found: findings.Findings | None = None
+    runs: list[RunRecord],
+    usage: Usage,
+    wall_seconds: float,
+    bands: Mapping[str, noise.Band] | None = None,
+    found: findings.Findings | None = None,
 ) -> Table:
     """The closing table: one column per run attempt, one row per key metric, totals below;
     with `found`, a last column gives each metric's finding (report/findings.py).
 
     Runs as columns keep it readable at 80 columns with a dozen metrics; numbers are shown to
-    4 significant digits here (notes.txt has them in full).
+    4 significant digits here (notes.txt has them in full). The first run is the baseline: its
+    seed mean ± spread where `bands` has one, and every other run's difference from that mean.
     """
+    bands = bands or {}
     names = list(dict.fromkeys(name for run in runs for name in run.metrics))
     table = Table(
         title="Runs",
@@ -77,8 +87,10 @@ def runs_table(
     seconds = ("" if r.seconds is None else f"{r.seconds:.0f}" for r in runs)
     table.add_row("seconds", *seconds, *extra)
     for name in names:
+        band, base = bands.get(name), runs[0].metrics.get(name)
+        cells = [noise.cell(run.metrics.get(name), base, band) for run in runs[1:]]
         finding = [] if found is None else [_styled(found.verdict_of(name))]
-        table.add_row(name, *(noise.short(run.metrics.get(name)) for run in runs), *finding)
+        table.add_row(name, noise.baseline_cell(base, band), *cells, *finding)
     return table
 
 

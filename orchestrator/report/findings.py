@@ -210,6 +210,19 @@ def compute(
     return Findings(verdict["run_name"], seeds, note, rows, other)
 
 
+def confirmed_values(journal: Journal) -> dict[str, list[float]]:
+    """Key metric -> the confirmed run's values at each of its seeds (empty before
+    confirmation): what the effect plot draws as the confirmed run's range."""
+    plan = journal.confirmation()
+    verdict = _verdict_of(journal, plan.run_name if plan else None)
+    if verdict is None:
+        return {}
+    arms = [verdict["metrics"]] + [v["metrics"] for v in plan.verdicts]
+    names = {name for metrics in arms for name in metrics}
+    values = {n: [m.get(n) for m in arms] for n in names}
+    return {n: [float(v) for v in vs] for n, vs in values.items() if all(map(noise.is_number, vs))}
+
+
 def _verdict_of(journal: Journal, run_name: str | None) -> dict | None:
     found = [v for v in journal.valid_verdicts() if v["run_name"] == run_name]
     return found[-1] if found else None

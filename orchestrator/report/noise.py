@@ -5,9 +5,10 @@ its baseline maker after training the baseline at several seeds:
 
     {"seeds": [0, 1, 2], "metrics": {"<dotted.path>": {"values": [...], "mean": m, "spread": s}}}
 
-spread is the sample standard deviation over the seeds. A run's difference from the baseline
-run is within seed noise when |difference| < NOISE_FACTOR x spread: a different seed alone could
-have given it. Nothing here knows what the metrics mean.
+spread is the sample standard deviation over the seeds. A run's difference is taken from the
+baseline's MEAN over its seeds (one seed's value is itself a draw), and is within seed noise when
+|difference| < NOISE_FACTOR x spread: a different seed alone could have given it. Without a band
+the difference is from the baseline run's one value. Nothing here knows what the metrics mean.
 """
 
 from __future__ import annotations
@@ -84,11 +85,18 @@ def load_bands(workspace: Path, spec: TemplateSpec) -> dict[str, Band]:
     return {}
 
 
+def reference(baseline: Any, band: Band | None) -> Any:
+    """What a difference is taken from: the baseline's seed mean, else its one value."""
+    return band.mean if band is not None else baseline
+
+
 def difference(value: Any, baseline: Any, band: Band | None) -> str:
-    """'+0.0012 ~' (within noise), '-0.031 !' (beyond it), '+0.0012' (no band), '' (no number)."""
-    if not (is_number(value) and is_number(baseline)):
+    """'+0.0012 ~' (within noise), '-0.031 !' (beyond it), '+0.0012' (no band), '' (no number):
+    `value` minus the baseline's seed mean (its one value `baseline` without a band)."""
+    base = reference(baseline, band)
+    if not (is_number(value) and is_number(base)):
         return ""
-    delta = float(value) - float(baseline)
+    delta = float(value) - float(base)
     mark = "" if band is None else f" {WITHIN if band.within(delta) else BEYOND}"
     return f"{delta:+.4g}{mark}"
 
@@ -101,21 +109,26 @@ def cell(value: Any, baseline: Any, band: Band | None) -> str:
 
 
 def baseline_cell(value: Any, band: Band | None) -> str:
-    """The baseline's table cell: '0.93 ±0.0005' (its seed spread), or the value alone."""
-    return short(value) + (f" ±{band.spread:.2g}" if band else "")
+    """The baseline's table cell: its seed mean ± spread ('0.93 ±0.0005'), or its one value."""
+    if band is None:
+        return short(value)
+    return f"{short(band.mean)} ±{band.spread:.2g}"
 
 
 def compared(value: Any, baseline: Any, band: Band | None, baseline_run: str) -> str:
-    """One metric for a prompt: value, difference from the baseline, and what the band says."""
-    shown = short(value)
-    if not (is_number(value) and is_number(baseline)):
+    """One metric for a prompt: value, difference from the baseline's seed mean, and what the
+    band says."""
+    shown, base = short(value), reference(baseline, band)
+    if not (is_number(value) and is_number(base)):
         return shown
-    delta = float(value) - float(baseline)
-    text = f"{shown} ({baseline_run} {short(baseline)}, difference {delta:+.4g}"
+    delta = float(value) - float(base)
     if band is None:
-        return text + ")"
+        return f"{shown} ({baseline_run} {short(base)}, difference {delta:+.4g})"
     verdict = "within seed noise" if band.within(delta) else "beyond seed noise"
-    return text + f"; {verdict}: seed spread {band.spread:.2g} over {band.n_seeds} seeds)"
+    return (
+        f"{shown} ({baseline_run} mean {short(band.mean)} ±{band.spread:.2g} over "
+        f"{band.n_seeds} seeds, difference {delta:+.4g}: {verdict})"
+    )
 
 
 def against_baseline(workspace: Path, spec: TemplateSpec, metrics: dict[str, Any]) -> dict:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from orchestrator.journal import Journal
@@ -20,23 +22,35 @@ log = logging.getLogger(__name__)
 
 PLOTS_DIR = "plots"  # where the built-in fallback plots go
 PLOT_TIMEOUT = 600.0  # seconds for the template's plot command
+EFFECTS_PNG = "effects.png"  # drawn by the orchestrator from the journal, after the plot command
+CLIP = 10.0  # seed spreads: a larger effect is drawn at the edge with its value
 
 
 def make_plots(
-    workspace: Path, spec: TemplateSpec, journal: Journal, live: bool = True
+    workspace: Path,
+    spec: TemplateSpec,
+    journal: Journal,
+    live: bool = True,
+    confirmed: Mapping[str, Sequence[float]] | None = None,
 ) -> list[Path]:
-    """The template's plot command under the runner; built-in plots when it fails or makes
-    no PNG. Returns the PNGs written."""
+    """The template's plot command under the runner (built-in plots when it fails or makes no
+    PNG), and, where the template has a seed band, the effect plot drawn here from the
+    journal's verdicts. `confirmed`: key metric -> the confirmed run's values at its seeds,
+    drawn as a range. Returns the PNGs written."""
     workspace = Path(workspace)
-    if spec.plot_command:
+    produced = []
+    if spec.plot_command:  # first: agent code must not overwrite the effect plot
         produced = _template_plots(workspace, spec, spec.plot_command, live)
-        if produced:
-            return produced
     runs = latest_per_name(collect_runs(workspace, spec, journal))
-    return _fallback_plots(workspace, spec, runs)
-
-
-# an aider SEARCH/REPLACE block, with the file name on the line before its fence
+    bands = noise.load_bands(workspace, spec)
+    effects = []
+    if bands and len(runs) > 1:
+        (workspace / PLOTS_DIR).mkdir(exist_ok=True)
+        path = workspace / PLOTS_DIR / EFFECTS_PNG
+        effects = [effect_plot(runs, list(spec.key_metrics), bands, path, confirmed)]
+    if produced:
+        return [p for p in produced if p not in effects] + effects
+    return effects + _fallback_plots(workspace, spec, runs, bars=not effects)
 
 
 def _png_stamps(workspace: Path) -> dict[Path, int]:
@@ -69,24 +83,24 @@ def _template_plots(
     return produced
 
 
-def _fallback_plots(workspace: Path, spec: TemplateSpec, runs: list[RunRecord]) -> list[Path]:
+def _fallback_plots(
+    workspace: Path, spec: TemplateSpec, runs: list[RunRecord], bars: bool
+) -> list[Path]:
+    """Built-in plots: the key metrics as bars (`bars`: when there is no effect plot, i.e. no
+    seed band to measure differences in), and the loss curves."""
     out = workspace / PLOTS_DIR
     out.mkdir(exist_ok=True)
     paths = []
-    if spec.key_metrics:
-        bands = noise.load_bands(workspace, spec)
-        paths.append(_metric_bars(runs, list(spec.key_metrics), out / "key_metrics.png", bands))
+    if spec.key_metrics and bars:
+        paths.append(_metric_bars(runs, list(spec.key_metrics), out / "key_metrics.png"))
     curves = _curves(workspace, spec, runs)
     if curves:
         paths.append(_loss_curves(curves, out / "loss_curves.png"))
     return paths
 
 
-def _metric_bars(
-    runs: list[RunRecord], names: list[str], path: Path, bands: dict[str, noise.Band]
-) -> Path:
-    """One bar chart per key metric across runs; invalid runs grey and hatched; the band of
-    seed noise around the baseline (first run) shaded."""
+def _metric_bars(runs: list[RunRecord], names: list[str], path: Path) -> Path:
+    """One bar chart per key metric across runs; invalid runs grey and hatched."""
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig = Figure(figsize=(4.5 * cols, 3.2 * rows), layout="constrained")
@@ -100,18 +114,106 @@ def _metric_bars(
         )
         for bar, run in zip(bars, shown, strict=True):
             bar.set_hatch("" if run.status == "ok" else "//")
-        base, band = runs[0].metrics.get(name) if runs else None, bands.get(name)
-        if band and noise.is_number(base):
-            low, high = base - band.half_width, base + band.half_width
-            ax.axhspan(low, high, color="tab:orange", alpha=0.25, zorder=3)
         ax.set_title(name)
         ax.tick_params(axis="x", labelrotation=30)
-    fig.suptitle(
-        "Key metrics per run (grey, hatched: failed validation; orange: baseline "
-        f"± {noise.NOISE_FACTOR:g} seed spreads, within seed noise)"
-    )
+    fig.suptitle("Key metrics per run (grey, hatched: failed validation; no seed band)")
     fig.savefig(path, dpi=110)
     return path
+
+
+def effect_plot(
+    runs: list[RunRecord],
+    names: list[str],
+    bands: Mapping[str, noise.Band],
+    path: Path,
+    confirmed: Mapping[str, Sequence[float]] | None = None,
+) -> Path:
+    """Per key metric (a row), each run's difference from the baseline's seed mean in units
+    of its seed spread, the ±NOISE_FACTOR band shaded and, from `confirmed`, the confirmed
+    run's seed range. Bars from 0 hide a 0.003 change of a 0.96 EV; spreads show it. The
+    first run is the baseline; a value past ±CLIP spreads is drawn at the edge, labelled."""
+    rows = [name for name in names if name in bands]
+    fig = Figure(figsize=(8, 1.0 + 0.45 * max(len(rows), 1)), layout="constrained")
+    ax = fig.add_subplot()
+    ax.axvspan(-noise.NOISE_FACTOR, noise.NOISE_FACTOR, color="tab:orange", alpha=0.25)
+    ax.axvline(0, color="black", linewidth=0.8)
+    others = runs[1:]
+    for i, run in enumerate(others):
+        offset = 0.3 * (i - (len(others) - 1) / 2) / max(len(others), 1)
+        _effect_points(ax, run, rows, bands, offset, f"C{i % 10}")
+    for y, name in enumerate(rows):
+        seeds = [v for v in (confirmed or {}).get(name, []) if noise.is_number(v)]
+        if seeds:
+            low, high = (_units(v, bands[name]) for v in (min(seeds), max(seeds)))
+            ax.plot([low, high], [y, y], color="black", linewidth=4, alpha=0.6, zorder=2)
+    ax.set_yticks(range(len(rows)), [_row_label(name, bands[name]) for name in rows])
+    ax.invert_yaxis()
+    ax.set_xlim(-CLIP - 1, CLIP + 1)
+    base = runs[0].name if runs else "the baseline"
+    n_seeds = max((band.n_seeds for band in bands.values()), default=0)
+    ax.set_xlabel(f"(run - {base} mean) / {base} seed spread, over {n_seeds} seeds")
+    ax.set_title(
+        f"Effect per key metric, measured (orange: within ±{noise.NOISE_FACTOR:g} seed spreads, "
+        "seed noise)\nhollow: failed validation"
+        + ("; black bar: the confirmed run's seed range" if confirmed else ""),
+        fontsize=9,
+    )
+    if others:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _effect_points(
+    ax: Axes, run: RunRecord, rows: list[str], bands: Mapping[str, noise.Band], dy: float, color
+) -> None:
+    """One run's markers, one per metric row it has a number for."""
+    xs, ys = [], []
+    sizes = effect_sizes(run, rows, bands)
+    for y, name in enumerate(rows):
+        if name not in sizes:
+            continue
+        units = sizes[name]
+        xs.append(max(-CLIP, min(CLIP, units)))
+        ys.append(y + dy)
+        if abs(units) > CLIP:
+            ax.annotate(
+                f"{units:+.3g}", (xs[-1], ys[-1]), (0, 5), textcoords="offset points", fontsize=7
+            )
+    ok = run.status == "ok"
+    ax.scatter(
+        xs,
+        ys,
+        label=run.name + ("" if ok else f" ({run.label})"),
+        facecolors=color if ok else "none",
+        edgecolors=color,
+        zorder=3,
+    )
+
+
+def effect_sizes(
+    run: RunRecord, names: list[str], bands: Mapping[str, noise.Band]
+) -> dict[str, float]:
+    """Key metric -> the run's difference from the baseline's seed mean in seed spreads, for
+    each metric with a band and a number."""
+    return {
+        name: _units(run.metrics[name], bands[name])
+        for name in names
+        if name in bands and noise.is_number(run.metrics.get(name))
+    }
+
+
+def _units(value: float, band: noise.Band) -> float:
+    """The difference from the band's mean in seed spreads (±inf when the spread is 0 and the
+    value differs: every seed agreed, so any change is beyond noise)."""
+    delta = float(value) - band.mean
+    if band.spread > 0:
+        return delta / band.spread
+    return 0.0 if delta == 0 else math.copysign(math.inf, delta)
+
+
+def _row_label(name: str, band: noise.Band) -> str:
+    return f"{name}\n{noise.short(band.mean)} ±{band.spread:.2g}"
 
 
 def _curves(workspace: Path, spec: TemplateSpec, runs: list[RunRecord]) -> dict[str, dict]:

@@ -29,7 +29,8 @@ WORDS_BEFORE, WORDS_AFTER = 4, 2  # how near a negation must be ("was not succes
 
 # an aider SEARCH/REPLACE block, with the file name on the line before its fence
 EDIT_BLOCK = re.compile(
-    r"^(?:(?P<path>[^\s`]+)\n)?```[^\n]*\n<<<<<<< SEARCH\n.*?^>>>>>>> REPLACE\n```",
+    r"^(?:(?P<path>[^\s`]+)\n)?```[^\n]*\n<<<<<<< SEARCH\n(?P<search>.*?)^=======\n"
+    r"(?P<replace>.*?)^>>>>>>> REPLACE\n```",
     re.DOTALL | re.MULTILINE,
 )
 
@@ -48,6 +49,7 @@ class RunRecord:
     from_journal: bool = False  # numbers as validated when it ran: its directory is gone now
     sources: dict[str, str] = field(default_factory=dict)  # metric -> "measured" | "reported"
     changed_after_verdict: list[str] = field(default_factory=list)  # run files edited since
+    commit: str | None = None  # the sha of the code that ran (the workspace's git)
 
     @property
     def label(self) -> str:
@@ -98,7 +100,8 @@ def _attempt_record(workspace: Path, spec: TemplateSpec, attempt: Attempt) -> Ru
         "problems": fresh.problems if fresh else [],
     }
     response = attempt.response
-    analysis = without_edit_blocks(str(response.get("text", ""))) if response else ""
+    text = str(response.get("text", "")) if response else ""
+    analysis = without_edit_blocks(text, attempt.next_commit)
     return RunRecord(
         name=name,
         status=attempt.status,
@@ -112,6 +115,7 @@ def _attempt_record(workspace: Path, spec: TemplateSpec, attempt: Attempt) -> Ru
         from_journal=from_journal,
         sources=sources,
         changed_after_verdict=changed,
+        commit=(verdict or {}).get("commit") or (attempt.commit or {}).get("sha"),
     )
 
 
@@ -124,13 +128,29 @@ def _changed_files(run_dir: Path, verdict: dict) -> list[str]:
     return sorted(p for p in {*recorded, *now} if recorded.get(p) != now.get(p))
 
 
-def without_edit_blocks(text: str) -> str:
-    """The agent's prose with each edit block shortened to one line (git log has the diffs)."""
+def without_edit_blocks(text: str, commit: dict | None = None) -> str:
+    """The agent's prose with its edit blocks replaced by one line where the first stood: the
+    files `commit` (the journal's commit entry of these edits) changed, with the lines added
+    and deleted, or the blocks' files when no commit recorded them."""
+    blocks = list(EDIT_BLOCK.finditer(text))
+    if not blocks:
+        return text
+    paths = [block["path"] or "a file" for block in blocks]
+    kept = [text[: blocks[0].start()], edit_line(paths, commit)]
+    ends = [block.end() for block in blocks]
+    starts = [block.start() for block in blocks[1:]] + [len(text)]
+    kept += [text[end:start] for end, start in zip(ends, starts, strict=True)]
+    return re.sub(r"\n{3,}", "\n\n", "".join(kept))
 
-    def one_line(match: re.Match) -> str:
-        return f"[edit to {match['path'] or 'a file'}: the diff is in git log]"
 
-    return EDIT_BLOCK.sub(one_line, text)
+def edit_line(paths: list[str], commit: dict | None) -> str:
+    """'[edit to experiment.py +12 -3, notes.txt +4 -0: git show 1a2b3c4d]' for one turn."""
+    stats = (commit or {}).get("stats")
+    if stats:
+        counts = ", ".join(f"{path} +{plus} -{minus}" for path, (plus, minus) in stats.items())
+        return f"[edit to {counts}: git show {str(commit['sha'])[:8]}]"
+    files = (commit or {}).get("files") or list(dict.fromkeys(paths))
+    return f"[edit to {', '.join(files)}: the diff is in git log]"
 
 
 def _baseline_record(workspace: Path, spec: TemplateSpec) -> RunRecord:

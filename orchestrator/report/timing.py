@@ -28,6 +28,9 @@ class Phases:
         if self.lab_caches is not None:
             phases["lab caches"] = self.lab_caches
         phases[f"experiment runs ({len(runs)})"] = sum(runs)
+        refereed = journal.referee_seconds(since)
+        if refereed:
+            phases[f"referee: the lab's measurements ({len(refereed)})"] = sum(refereed)
         phases["agent turns (aider + LLM)"] = sum(t.seconds for t in journal.turns(since))
         if self.notes_and_plots is not None:
             phases["notes and plots"] = self.notes_and_plots

@@ -3,6 +3,7 @@ run left the protected files and the project's code alone, merged into one Verdi
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,12 @@ def judge(
     """Measure (the referee), validate, and add what the guards found: `tampered` describes
     protected files the run changed, `code` is the project's digest when the loop began and
     `earlier` the artifact digests already judged (a copy of one is not new work)."""
-    problems = []
+    problems, began = [], time.perf_counter()
     if spec.referee:
         problems = referee.measure(workspace, spec, run_name, earlier, live=live)
+    seconds = time.perf_counter() - began
     verdict = validate_run(workspace / run_name, spec)
+    verdict.referee_seconds = round(seconds, 3) if spec.referee else None
     verdict.problems[:0] = problems
     if tampered:
         verdict.problems.append(f"the run changed protected files ({tampered})")
@@ -52,6 +55,7 @@ def record(workspace: Path, spec: TemplateSpec, run_name: str, verdict: Verdict)
         "sources": verdict.sources,
         "artifact": referee.artifact_digest(run_dir, spec) if spec.referee else None,
         "files": file_digests(run_dir),
+        "referee_seconds": verdict.referee_seconds,  # the closing table's referee phase
     }
 
 

@@ -62,6 +62,7 @@ class Verdict:
     problems: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)  # key metric name -> value or None
     sources: dict[str, str] = field(default_factory=dict)  # key metric name -> MEASURED | REPORTED
+    referee_seconds: float | None = None  # wall time of the lab's measurement (trust/judge.py)
 
     def summary(self) -> str:
         """Multi-line text for the agent and the journal: the verdict, problems, key metrics."""

@@ -29,6 +29,12 @@ IGNORED_NAMES = {JOURNAL}
 IGNORED_PREFIXES = (".aider",)
 EXCLUDE = ["run_*/", JOURNAL, "__pycache__/", ".aider*", "*.png", ".scratch/"]  # .git/info/exclude
 AUTHOR = git.Actor("sae-scientist", "sae-scientist@localhost")
+IDENTITY = {  # who writes notes and tags: no user.name / user.email need be configured
+    "GIT_COMMITTER_NAME": AUTHOR.name,
+    "GIT_COMMITTER_EMAIL": AUTHOR.email,
+    "GIT_AUTHOR_NAME": AUTHOR.name,
+    "GIT_AUTHOR_EMAIL": AUTHOR.email,
+}
 
 
 class WorkspaceError(RuntimeError):
@@ -152,6 +158,19 @@ class Workspace:
         files = [line[3:] for line in dirty.splitlines()]
         sha = self.repo.index.commit(message, author=AUTHOR, committer=AUTHOR).hexsha
         return Commit(sha, message, files)
+
+    def line_counts(self, sha: str) -> dict[str, list[int]]:
+        """Lines added and deleted per file by commit `sha` (git's --numstat)."""
+        files = self.repo.commit(sha).stats.files
+        return {path: [int(n["insertions"]), int(n["deletions"])] for path, n in files.items()}
+
+    def annotate(self, sha: str, note: str, tag: str | None = None) -> None:
+        """Attach `note` to commit `sha` as its git note and, with `tag`, as the message of an
+        annotated tag of that name, so `git log --decorate` reads change -> result. Both are
+        replaced when they exist: the journal is the record, these are rebuilt from it."""
+        self.repo.git.notes("add", "-f", "-m", note, sha, env=IDENTITY)
+        if tag:
+            self.repo.git.tag("-a", "-f", "-m", note, tag, sha, env=IDENTITY)
 
     def reset_editable(self) -> None:
         """Put the editable files back to the last commit (a half-applied interrupted turn)."""

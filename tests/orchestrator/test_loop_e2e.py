@@ -56,6 +56,26 @@ def test_clean_two_run_loop_commits_each_edit(run_loop, reply):
     ]
     assert kinds(ws, "end")[-1]["reason"] == "agent answered ALL_COMPLETED"
     assert len(server.requests) == 3 and not server.exhausted
+    # the git log tells the story: each commit's stats journaled, each run's result on its commit
+    assert [c["stats"] for c in kinds(ws, "commit")] == [
+        {"experiment.py": [1, 1]},
+        {"experiment.py": [1, 1]},
+        {"notes.txt": [1, 1]},
+    ]
+    log = subprocess.run(
+        ["git", "log", "--decorate", "--notes", "--format=%s%d%n%N"],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    r2_line = next(x for x in log.splitlines() if x.startswith("R2: "))
+    r2 = json.loads((ws / "run_2/final_info.json").read_text())["r2"]
+    assert "run_2: Raise the learning rate to 0.1. (tag: run_2)\nrun_2 (attempt 1): VALID" in log
+    assert "run_1: Plan: more steps, then a larger step size. (tag: run_1)" in log
+    assert r2_line.startswith(f"R2: {r2:.4g}")  # the newest commit's note: run_2's number
+    analysis = (ws / "notes.txt").read_text().partition("## run_2")[2]
+    assert f"[edit to notes.txt +1 -1: git show {kinds(ws, 'commit')[2]['sha'][:8]}]" in analysis
     # the after-run prompt quotes the recorded numbers, not anything the agent typed
     r2 = json.loads((ws / "run_1/final_info.json").read_text())["r2"]
     assert str(r2) in server.requests[1]["messages"][-1]["content"]
@@ -91,6 +111,12 @@ def test_crash_traceback_is_fed_back_then_fixed(run_loop, reply):
         "run_1: Normalise the loss.",
         "run_1 (attempt 2): Undo the division by zero.",
     ]
+    crashed, fixed = (c["sha"] for c in kinds(ws, "commit"))
+    note = subprocess.run(["git", "notes", "show", crashed], cwd=ws, capture_output=True, text=True)
+    assert note.stdout.startswith("run_1 (attempt 1): CRASHED")
+    tagged = git.Repo(ws).tags["run_1"]
+    assert tagged.commit.hexsha == fixed  # the tag marks the attempt that passed
+    assert tagged.tag.message.startswith("run_1 (attempt 2): VALID")
 
 
 def test_zero_training_steps_is_invalid_and_run_number_stays(run_loop, reply):

@@ -15,6 +15,7 @@ from aider.coders.editblock_coder import DEFAULT_FENCE, do_replace, find_origina
 
 from orchestrator.envs import lab_python
 from orchestrator.ideas import available, load_idea, load_playbook, playbook_path
+from orchestrator.prompts import SUMMARY_CHARS, commit_message
 from orchestrator.templates import load_template
 from orchestrator.trust.validate import validate_run
 from tests.orchestrator.helpers import REPO
@@ -68,6 +69,16 @@ def test_playbook_turns_apply_in_order_and_compile(idea, tmp_path):
     assert apply_response(tmp_path, responses[-1]) == 0
     raw = json.loads(playbook_path(idea).read_text())
     assert raw["idea"] == idea and raw["template"] == "temporal_sae"
+
+
+@pytest.mark.parametrize("idea", IDEAS)
+def test_every_edit_reply_opens_with_a_one_line_summary_that_becomes_the_subject(idea):
+    for turn, response in enumerate(load_playbook(playbook_path(idea)).responses, start=1):
+        if not list(find_original_update_blocks(response, DEFAULT_FENCE, [EDITED])):
+            continue  # the last word: nothing is committed
+        summary, blank = response.splitlines()[:2]
+        assert blank == "" and 0 < len(summary) <= SUMMARY_CHARS, (turn, summary)
+        assert commit_message(f"run_{turn}", 0, response) == f"run_{turn}: {summary}"
 
 
 @pytest.mark.parametrize("idea", IDEAS)

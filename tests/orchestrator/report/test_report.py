@@ -12,8 +12,9 @@ from orchestrator.journal import Journal
 from orchestrator.report.closing import runs_table
 from orchestrator.report.noise import Band, compared, difference, load_bands, write_noise
 from orchestrator.report.notes import AGENT_NOTES_HEADING, GENERATED_MARK, write_notes
-from orchestrator.report.plots import make_plots
+from orchestrator.report.plots import effect_sizes, make_plots
 from orchestrator.report.records import claims_success, collect_runs, without_edit_blocks
+from orchestrator.report.story import run_note
 from orchestrator.trust import sandbox
 from orchestrator.trust.workspace import file_digests
 from tests.orchestrator.helpers import core_result, core_spec, core_write_run
@@ -135,7 +136,8 @@ def test_notes_without_banner_or_runs(tmp_path):
 
 
 def test_notes_mark_each_difference_against_the_baselines_seed_band(workspace, tmp_path):
-    # run_1 vs run_0: loss -0.0025 under 2 x 0.01 (within), score +0.037 over 2 x 0.001 (beyond)
+    # run_1 vs run_0's seed MEAN (not its seed-0 files: loss 0.01235, score 0.8731): loss
+    # -0.0101 under 2 x 0.01 (within), score +0.037 over 2 x 0.001 (beyond)
     write_noise(
         workspace / "run_0" / "noise.json",
         [0, 1, 2],
@@ -148,9 +150,9 @@ def test_notes_mark_each_difference_against_the_baselines_seed_band(workspace, t
     spec = _spec(tmp_path, noise="run_0/noise.json")
     notes = write_notes(workspace, spec, Journal(workspace / "journal.jsonl"), IDEA).read_text()
     table = _table(notes)
-    assert table["loss"][0] == "0.01235 ±0.01" and table["score"][0] == "0.8731 ±0.001"
-    assert table["loss"][1] == "0.009877 (-0.002469 ~)"
-    assert table["score"][1] == "0.91 (+0.0369 !)"
+    assert table["loss"][0] == "0.02 ±0.01" and table["score"][0] == "0.873 ±0.001"
+    assert table["loss"][1] == "0.009877 (-0.01012 ~)"
+    assert table["score"][1] == "0.91 (+0.037 !)"
     assert table["steps"][1] == "120 (+0)"  # no band for steps: a difference, no mark
     assert "over 3\nseeds" in notes or "over 3 seeds" in notes
 
@@ -165,8 +167,8 @@ def test_a_missing_or_broken_noise_file_means_no_band(tmp_path, caplog):
 
 def test_a_prompt_line_says_whether_a_difference_is_beyond_seed_noise():
     band = Band(mean=0.5, spread=0.01, n_seeds=3)
-    assert compared(0.53, 0.5, band, "run_0") == (
-        "0.53 (run_0 0.5, difference +0.03; beyond seed noise: seed spread 0.01 over 3 seeds)"
+    assert compared(0.53, 0.52, band, "run_0") == (  # from the mean 0.5, not seed 0's 0.52
+        "0.53 (run_0 mean 0.5 ±0.01 over 3 seeds, difference +0.03: beyond seed noise)"
     )
     assert "within seed noise" in compared(0.515, 0.5, band, "run_0")
     assert compared(0.515, 0.5, None, "run_0") == "0.515 (run_0 0.5, difference +0.015)"
@@ -230,6 +232,39 @@ def test_failing_plot_command_falls_back_to_builtin_plots(workspace, tmp_path):
     assert "plot broke" in (workspace / "plot_log.txt").read_text()
 
 
+def _three_seed_band(workspace) -> None:
+    """run_0's band: score mean 0.873, spread 0.001; loss mean 0.02, spread 0.01."""
+    per_seed = [
+        {"final_loss": loss, "eval.score": score}
+        for loss, score in ((0.02, 0.873), (0.03, 0.874), (0.01, 0.872))
+    ]
+    write_noise(workspace / "run_0" / "noise.json", [0, 1, 2], per_seed)
+
+
+def test_the_effect_plot_replaces_the_bars_where_a_seed_band_exists(workspace, tmp_path):
+    _three_seed_band(workspace)
+    spec = _spec(tmp_path, noise="run_0/noise.json")
+    confirmed = {"score": [0.905, 0.91, 0.915]}  # the confirmed run's seeds, drawn as a range
+    journal = Journal(workspace / "journal.jsonl")
+    paths = make_plots(workspace, spec, journal, live=False, confirmed=confirmed)
+    assert paths == [workspace / "plots" / "effects.png", workspace / "plots" / "loss_curves.png"]
+    assert (workspace / "plots" / "effects.png").read_bytes()[:4] == b"\x89PNG"
+    run_1 = collect_runs(workspace, spec, journal)[1]
+    sizes = effect_sizes(run_1, list(spec.key_metrics), load_bands(workspace, spec))
+    assert sizes["score"] == pytest.approx(37.0)  # (0.91 - 0.873) / 0.001: beyond ±2
+    assert sizes["loss"] == pytest.approx(-1.0123, abs=1e-4)  # (0.009877 - 0.02) / 0.01
+    assert "steps" not in sizes  # no band, no unit to measure it in
+
+
+def test_the_plot_command_cannot_replace_the_effect_plot(workspace, tmp_path):
+    _three_seed_band(workspace)
+    forge = "open('plots/effects.png', 'wb').write(b'forged'); open('plots/fig.png', 'wb')"
+    spec = _spec(tmp_path, noise="run_0/noise.json", plot_command=["{python}", "-c", forge])
+    paths = make_plots(workspace, spec, Journal(workspace / "journal.jsonl"), live=False)
+    assert paths == [workspace / "plots" / "fig.png", workspace / "plots" / "effects.png"]
+    assert (workspace / "plots" / "effects.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_template_plot_command_output_is_used(workspace, tmp_path):
     png = "import shutil, sys; open('plots/fig.png', 'wb').write(b'\\x89PNG fake')"
     spec = _spec(tmp_path, plot_command=["{python}", "-c", png])
@@ -262,6 +297,16 @@ def test_runs_table_lists_runs_verdicts_metrics_and_totals(workspace, tmp_path):
     assert "175 LLM tokens, $0.0100, wall 1.5 min" in text
 
 
+def test_the_closing_table_shows_the_baseline_mean_and_differences_from_it(workspace, tmp_path):
+    journal = Journal(workspace / "journal.jsonl")
+    runs = collect_runs(workspace, _spec(tmp_path), journal)
+    bands = {"score": Band(mean=0.873, spread=0.001, n_seeds=3)}  # seed 0 scored 0.8731
+    console = Console(record=True, width=160)
+    console.print(runs_table(runs, journal.usage(), wall_seconds=90, bands=bands))
+    row = next(line for line in console.export_text().splitlines() if line.startswith("│ score"))
+    assert "0.873 ±0.001" in row and "0.91 (+0.037 !)" in row and "0.5 (-0.373 !)" in row
+
+
 def test_edit_blocks_are_shortened_in_the_agent_analysis():
     reply = (
         "Raise the learning rate.\n\nexperiment.py\n```python\n<<<<<<< SEARCH\nlr = 1\n=======\n"
@@ -272,6 +317,37 @@ def test_edit_blocks_are_shortened_in_the_agent_analysis():
         "Then compare with run_0."
     )
     assert without_edit_blocks("No edits, just analysis.") == "No edits, just analysis."
+
+
+def test_a_turns_edit_blocks_become_one_line_with_the_commits_line_counts():
+    block = "{}\n```python\n<<<<<<< SEARCH\nlr = 1\n=======\nlr = 2\n>>>>>>> REPLACE\n```"
+    edits = [block.format("experiment.py"), "Why.", block.format("plot.py")]
+    reply = "\n\n".join(["Two edits.", *edits])
+    commit = {"sha": "1a2b3c4d5e6f", "files": ["experiment.py", "plot.py"]}
+    counted = commit | {"stats": {"experiment.py": [12, 3], "plot.py": [1, 0]}}
+    assert without_edit_blocks(reply, counted) == (
+        "Two edits.\n\n[edit to experiment.py +12 -3, plot.py +1 -0: git show 1a2b3c4d]\n\nWhy.\n\n"
+    )
+    assert "[edit to experiment.py, plot.py: the diff is in git log]" in without_edit_blocks(
+        reply,
+        commit,  # a journal from before commits recorded their stats
+    )
+    twice = "\n\n".join([block.format("experiment.py")] * 2)
+    assert without_edit_blocks(twice) == "[edit to experiment.py: the diff is in git log]\n\n"
+
+
+def test_a_git_note_has_the_verdict_and_differences_from_the_baseline_mean(workspace, tmp_path):
+    runs = collect_runs(workspace, _spec(tmp_path), Journal(workspace / "journal.jsonl"))
+    bands = {"score": Band(mean=0.873, spread=0.001, n_seeds=3)}
+    assert run_note(runs[1], runs[0], bands).splitlines() == [
+        "run_1 (attempt 1): VALID",
+        "steps: 120 (+0)",
+        "loss: 0.009877 (-0.002469)",
+        "score: 0.91 (+0.037 !)",
+        "(differences from run_0's seed mean; ~ within 2 seed spreads, ! beyond)",
+    ]
+    invalid = run_note(runs[3], runs[0], bands).splitlines()
+    assert invalid[:3] == ["run_2 (attempt 2): INVALID", *(f"- {p}" for p in runs[3].problems)]
 
 
 def test_a_run_file_changed_after_its_verdict_is_flagged_not_reread(workspace, tmp_path):

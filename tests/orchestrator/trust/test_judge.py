@@ -24,6 +24,7 @@ def test_a_clean_valid_run_is_valid_and_its_record_keeps_numbers_and_digests(tmp
     fields = record(ws, spec, "run_1", verdict)
     assert fields["metrics"]["score"] == 0.8731 and fields["ok"]
     assert list(fields["files"]) == ["final_info.json"] and fields["artifact"] is None
+    assert fields["referee_seconds"] is None  # no referee, no measurement time
 
 
 def test_a_run_that_changed_protected_files_is_invalid(tmp_path):

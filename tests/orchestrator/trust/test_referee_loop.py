@@ -34,6 +34,7 @@ def test_an_honest_run_is_measured_and_valid(run_loop, reply):
     assert judged["metrics"]["R2"] == measured_r2(ws)
     assert judged["sources"] == {"loss": "reported", "R2": "measured"}
     assert judged["artifact"] and judged["files"]["referee.json"]
+    assert 0 < judged["referee_seconds"] < 600  # the closing table's referee phase
     table = (ws / "notes.txt").read_text().partition("## Key metrics")[2]
     assert f"{judged['metrics']['R2']:.4g}" in table  # notes show the measured number
 

@@ -72,3 +72,14 @@ def test_errors_are_one_line(tmp_path):
     with pytest.raises(WorkspaceError, match="lacks its editable files"):
         Workspace.create(tmp_path / "t", "x", tmp_path / "r", ["missing.py"])
     assert MANIFEST.parts[0] == ".git"
+
+
+def test_a_commits_line_counts_and_its_note_and_tag(ws):
+    (ws.root / "notes.txt").write_text("one\ntwo\n")
+    sha = ws.commit("run_1: notes").sha
+    assert ws.line_counts(sha) == {"notes.txt": [2, 1]}  # its one template line replaced
+    ws.annotate(sha, "run_1 (attempt 1): CRASHED")
+    ws.annotate(sha, "run_1 (attempt 1): VALID", tag="run_1")  # rebuilt: replaced, not stacked
+    assert ws.repo.git.notes("show", sha) == "run_1 (attempt 1): VALID"
+    assert ws.repo.tags["run_1"].commit.hexsha == sha
+    assert not ws.check_protected() and not ws.repo.is_dirty()
