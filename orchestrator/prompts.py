@@ -16,6 +16,7 @@ from orchestrator.report import noise
 from orchestrator.report.records import EDIT_BLOCK
 from orchestrator.templates import TemplateSpec, expand_command
 from orchestrator.text import render
+from orchestrator.trust import safefs
 from orchestrator.trust.validate import REPORTED, Verdict, validate_run
 
 FACTS_CHARS = 1500  # cap on the top-level facts of final_info.json quoted in prompts
@@ -179,7 +180,7 @@ def _code(line: str) -> str:
 def facts(run_dir: Path, spec: TemplateSpec) -> str:
     """The top-level scalars of a run's result file, as recorded (never the LLM's numbers)."""
     try:
-        data = json.loads((run_dir / spec.result_file).read_text())
+        data = json.loads(safefs.read_bytes(run_dir / spec.result_file))  # never via a link
     except (OSError, json.JSONDecodeError):
         return ""
     scalars = {k: v for k, v in data.items() if isinstance(v, str | int | float | bool)}

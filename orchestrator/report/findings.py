@@ -30,6 +30,7 @@ from orchestrator.ideas import Hypothesis
 from orchestrator.journal import Journal
 from orchestrator.report import noise
 from orchestrator.templates import TemplateSpec, expand_command
+from orchestrator.trust import safefs
 from orchestrator.trust.validate import validate_run
 
 SUPPORTED, CONTRADICTED = "supported", "contradicted"
@@ -305,7 +306,7 @@ def paired_cis(
     when a run lacks the items file or the lab has no compare (an older lab)."""
     workspace = Path(workspace)
     files = [[workspace / d / ITEMS_FILE for d in dirs] for dirs in (run_dirs, baseline_dirs)]
-    if not all(path.is_file() for group in files for path in group):
+    if not all(safefs.is_regular(path) for group in files for path in group):  # no link
         return {}
     # -I: the lab's installed compare, never a saelab/ that agent code left in a directory
     command = expand_command(["{python}", "-I", "-m", "saelab.compare", "--a"], spec)

@@ -31,6 +31,7 @@ from orchestrator.report.records import RunRecord, collect_runs
 from orchestrator.report.summary import LEGEND, IdeaSummary, best_valid, groups, rows
 from orchestrator.templates import TemplateSpec
 from orchestrator.text import render
+from orchestrator.trust import safefs
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,7 @@ def write_report(
         agent_notes=_agent_notes(workspace / NOTES_FILE),
         diff_style=Markup(HtmlFormatter().get_style_defs(".diff")),
     )
-    path = workspace / REPORT_FILE
-    path.write_text(page)
-    return path
+    return safefs.write_text(workspace, REPORT_FILE, page)
 
 
 def _table(
@@ -114,7 +113,7 @@ def _pairs(runs: list[RunRecord], journal: Journal) -> list[tuple[RunRecord, Att
 
 def _plots(workspace: Path) -> list[Path]:
     folder = workspace / PLOTS_DIR
-    return list(folder.glob("*.png")) if folder.is_dir() else []
+    return [p for p in folder.glob("*.png") if safefs.is_regular(p)]  # the plot command's dir
 
 
 def _baseline_view(workspace: Path, spec: TemplateSpec, record: RunRecord) -> RunView:
@@ -154,7 +153,7 @@ def _referee_block(run_dir: Path, spec: TemplateSpec) -> dict:
     if spec.referee is None:
         return {}
     try:
-        data = json.loads((run_dir / spec.referee.result_file).read_text())
+        data = json.loads(safefs.read_bytes(run_dir / spec.referee.result_file))
     except (OSError, ValueError):
         return {}
     block = data.get("referee") if isinstance(data, dict) else None
@@ -171,8 +170,8 @@ def _dashboards(run_dir: Path, referee: dict, record: RunRecord) -> dict[str, An
     if DASHBOARDS_FILE in record.changed_after_verdict:
         return _none(f"{DASHBOARDS_FILE} changed after the verdict; not shown")
     try:
-        raw = path.read_bytes()
-    except OSError:
+        raw = safefs.read_bytes(path)
+    except OSError:  # safefs.Planted included: a link is never read
         return _none(f"{DASHBOARDS_FILE} is missing")
     if hashlib.sha256(raw).hexdigest() != recorded:
         return _none(f"{DASHBOARDS_FILE} does not match the digest referee.json recorded")
@@ -207,9 +206,8 @@ def write_batch_report(results_dir: Path, summaries: list[IdeaSummary]) -> Path:
         header, body = rows(group)
         links = [_idea_link(results_dir, s) for s in group]
         sections.append({"template": template, "table": [header, *body], "ideas": links})
-    path = results_dir / BATCH_REPORT_FILE
-    path.write_text(render("batch_report.html.j2", sections=sections, legend=LEGEND))
-    return path
+    page = render("batch_report.html.j2", sections=sections, legend=LEGEND)
+    return safefs.write_text(results_dir.resolve(), BATCH_REPORT_FILE, page)
 
 
 def _idea_link(results_dir: Path, summary: IdeaSummary) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.templates import TemplateSpec
+from orchestrator.trust import safefs
 from orchestrator.trust.validate import validate_run
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def load_bands(workspace: Path, spec: TemplateSpec) -> dict[str, Band]:
         return {}
     path = Path(workspace) / spec.noise
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(safefs.read_bytes(path))  # run_0's: never through a link
         metrics, n_seeds = data["metrics"], len(data["seeds"])
         return {
             name: Band(float(metrics[p]["mean"]), float(metrics[p]["spread"]), n_seeds)
@@ -80,7 +81,7 @@ def load_bands(workspace: Path, spec: TemplateSpec) -> dict[str, Band]:
         }
     except FileNotFoundError:
         log.warning("no seed-noise band: %s is missing (make baseline writes it)", path)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+    except (OSError, KeyError, TypeError, ValueError) as error:  # OSError: safefs.Planted
         log.warning("no seed-noise band: %s is malformed (%s); rerun make baseline", path, error)
     return {}
 

@@ -15,6 +15,7 @@ from orchestrator.report import findings, noise
 from orchestrator.report.records import RunRecord, collect_runs
 from orchestrator.templates import TemplateSpec
 from orchestrator.text import render
+from orchestrator.trust import safefs
 
 NOTES_FILE = "notes.txt"
 # The first line of a generated notes.txt, and the heading under which the agent's own notes.txt
@@ -61,8 +62,7 @@ def write_notes(
         agent_notes_heading=AGENT_NOTES_HEADING,
         agent_notes=_agent_notes(path),
     )
-    path.write_text(text)
-    return path
+    return safefs.write_text(path.parent, path.name, text)
 
 
 def flag_prose(

@@ -1,8 +1,11 @@
 """The plots of a workspace: the template's own plot command (agent code, sandboxed), or the
-built-in ones from the journal's verdicts when it fails or draws nothing."""
+built-in ones from the journal's verdicts when it fails or draws nothing. plots/ is the plot
+command's to write, so the orchestrator's own PNGs go there through trust/safefs: a link it
+planted at one of their names is refused (logged, that plot not drawn), never followed."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -16,6 +19,7 @@ from orchestrator.journal import Journal
 from orchestrator.report import noise
 from orchestrator.report.records import RunRecord, collect_runs, latest_per_name
 from orchestrator.templates import TemplateSpec, expand_command
+from orchestrator.trust import safefs
 from orchestrator.trust.runner import run_sandboxed
 
 log = logging.getLogger(__name__)
@@ -49,12 +53,14 @@ def make_plots(
         path = workspace / PLOTS_DIR / EFFECTS_PNG
         effects = [effect_plot(runs, list(spec.key_metrics), bands, path, confirmed)]
     if produced:
-        return [p for p in produced if p not in effects] + effects
-    return effects + _fallback_plots(workspace, spec, runs, bars=not effects)
+        return [p for p in produced if p not in effects] + [p for p in effects if p]
+    drawn = effects + _fallback_plots(workspace, spec, runs, bars=not any(effects))
+    return [p for p in drawn if p]
 
 
 def _png_stamps(workspace: Path) -> dict[Path, int]:
-    return {p: p.stat().st_mtime_ns for p in workspace.rglob("*.png") if ".git" not in p.parts}
+    pngs = (p for p in workspace.rglob("*.png") if ".git" not in p.parts)
+    return {p: p.lstat().st_mtime_ns for p in pngs if safefs.is_regular(p)}  # no link or FIFO
 
 
 def _template_plots(
@@ -85,7 +91,7 @@ def _template_plots(
 
 def _fallback_plots(
     workspace: Path, spec: TemplateSpec, runs: list[RunRecord], bars: bool
-) -> list[Path]:
+) -> list[Path | None]:
     """Built-in plots: the key metrics as bars (`bars`: when there is no effect plot, i.e. no
     seed band to measure differences in), and the loss curves."""
     out = workspace / PLOTS_DIR
@@ -99,7 +105,7 @@ def _fallback_plots(
     return paths
 
 
-def _metric_bars(runs: list[RunRecord], names: list[str], path: Path) -> Path:
+def _metric_bars(runs: list[RunRecord], names: list[str], path: Path) -> Path | None:
     """One bar chart per key metric across runs; invalid runs grey and hatched."""
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
@@ -117,8 +123,7 @@ def _metric_bars(runs: list[RunRecord], names: list[str], path: Path) -> Path:
         ax.set_title(name)
         ax.tick_params(axis="x", labelrotation=30)
     fig.suptitle("Key metrics per run (grey, hatched: failed validation; no seed band)")
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)
 
 
 def effect_plot(
@@ -127,7 +132,7 @@ def effect_plot(
     bands: Mapping[str, noise.Band],
     path: Path,
     confirmed: Mapping[str, Sequence[float]] | None = None,
-) -> Path:
+) -> Path | None:
     """Per key metric (a row), each run's difference from the baseline's seed mean in units
     of its seed spread, the ±NOISE_FACTOR band shaded and, from `confirmed`, the confirmed
     run's seed range. Bars from 0 hide a 0.003 change of a 0.96 EV; spreads show it. The
@@ -160,8 +165,7 @@ def effect_plot(
     )
     if others:
         ax.legend(fontsize=8, loc="lower right")
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)
 
 
 def _effect_points(
@@ -222,17 +226,17 @@ def _curves(workspace: Path, spec: TemplateSpec, runs: list[RunRecord]) -> dict[
     curves = {}
     for run in runs:
         path = workspace / run.name / spec.curves_file
-        if not path.is_file():
-            continue
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(safefs.read_bytes(path))  # a run dir's: never through a link
             curves[run.name] = {"step": list(data["step"]), "loss": list(data["loss"])}
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as err:
             log.warning("%s is not {'step': [...], 'loss': [...]} (%s); skipped", path, err)
     return curves
 
 
-def _loss_curves(curves: dict[str, dict], path: Path) -> Path:
+def _loss_curves(curves: dict[str, dict], path: Path) -> Path | None:
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for name, curve in curves.items():
@@ -241,5 +245,15 @@ def _loss_curves(curves: dict[str, dict], path: Path) -> Path:
     ax.set_ylabel("loss")
     ax.set_title("Training loss per run")
     ax.legend()
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Figure, path: Path) -> Path | None:
+    """`fig` as a PNG at `path`; None (logged) when agent code planted a link or FIFO there."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    try:
+        return safefs.write_bytes(path.parent, path.name, png.getvalue())
+    except safefs.Planted as err:
+        log.warning("plot not drawn: %s", err)
+        return None

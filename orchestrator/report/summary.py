@@ -22,7 +22,9 @@ from rich.table import Table
 from orchestrator.ideas import IdeaError, load_idea
 from orchestrator.journal import Journal, stamp
 from orchestrator.report import findings, noise
+from orchestrator.report.plots import save_figure
 from orchestrator.templates import TemplateSpec, load_template
+from orchestrator.trust import safefs
 from orchestrator.trust.validate import REPORTED, validate_run
 from orchestrator.trust.workspace import JOURNAL
 
@@ -197,8 +199,8 @@ def write(results_dir: Path, summaries: list[IdeaSummary], console: Console) -> 
     """Print one table per template, write summary.md and the plots; returns the files."""
     for template, group in groups(summaries).items():
         console.print(rich_table(template, group))
-    path = Path(results_dir) / SUMMARY_FILE
-    path.write_text(markdown(summaries))
+    results_dir = Path(results_dir).resolve()  # safefs trusts the path up to its last part
+    path = safefs.write_text(results_dir, SUMMARY_FILE, markdown(summaries))
     plots = [plot(results_dir, t, g) for t, g in groups(summaries).items()]
     from orchestrator.report.html import write_batch_report  # html imports this module
 
@@ -237,9 +239,7 @@ def plot(results_dir: Path, template: str, group: list[IdeaSummary]) -> Path | N
         ax.set_title(name)
         ax.tick_params(axis="x", labelrotation=30)
     fig.suptitle(f"Best VALID run per idea (template {template}); line: baseline")
-    path = Path(results_dir) / f"summary_{template}.png"
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, Path(results_dir) / f"summary_{template}.png")
 
 
 # ---- helpers ----------------------------------------------------------------------------------

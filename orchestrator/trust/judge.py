@@ -1,5 +1,9 @@
 """The verdict on one run: the lab's measurement, the template's rules, and the checks that the
-run left the protected files and the project's code alone, merged into one Verdict."""
+run left the protected files and the project's code alone, merged into one Verdict.
+
+A run dir holding anything but plain files and directories (a symlink, hard link, FIFO, device:
+trust/safefs) is INVALID before anything in it is measured or read: such an entry only serves
+to make the unsandboxed orchestrator write or read through it."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.templates import TemplateSpec
-from orchestrator.trust import referee
+from orchestrator.trust import referee, safefs
 from orchestrator.trust.code import PROJECT, code_digest
 from orchestrator.trust.validate import Verdict, validate_run
 from orchestrator.trust.workspace import file_digests
@@ -27,12 +31,16 @@ def judge(
     """Measure (the referee), validate, and add what the guards found: `tampered` describes
     protected files the run changed, `code` is the project's digest when the loop began and
     `earlier` the artifact digests already judged (a copy of one is not new work)."""
-    problems, began = [], time.perf_counter()
-    if spec.referee:
+    planted = planted_problems(workspace / run_name, run_name)
+    problems, began = planted, time.perf_counter()
+    if spec.referee and not planted:
         problems = referee.measure(workspace, spec, run_name, earlier, live=live)
     seconds = time.perf_counter() - began
-    verdict = validate_run(workspace / run_name, spec)
-    verdict.referee_seconds = round(seconds, 3) if spec.referee else None
+    if planted:  # nothing in the run dir is read: its numbers are not worth the risk
+        verdict = Verdict(False, metrics=dict.fromkeys(spec.key_metrics))
+    else:
+        verdict = validate_run(workspace / run_name, spec)
+        verdict.referee_seconds = round(seconds, 3) if spec.referee else None
     verdict.problems[:0] = problems
     if tampered:
         verdict.problems.append(f"the run changed protected files ({tampered})")
@@ -42,6 +50,15 @@ def judge(
         )
     verdict.ok = not verdict.problems
     return verdict
+
+
+def planted_problems(run_dir: Path, run_name: str) -> list[str]:
+    """One line per entry of `run_dir` that is not a plain file or directory."""
+    return [
+        f"{run_name}/{path} is a {kind} planted by the experiment: save plain files only "
+        "(the orchestrator follows no link in a run dir)"
+        for path, kind in safefs.planted(run_dir)
+    ]
 
 
 def record(workspace: Path, spec: TemplateSpec, run_name: str, verdict: Verdict) -> dict[str, Any]:

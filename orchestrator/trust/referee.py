@@ -4,18 +4,20 @@ The template's referee command (e.g. `python -I -m saelab.referee {run_dir} --ou
 {workspace} names the workspace, for a referee script kept there as a protected file)
 runs in the sandbox like agent code, but it may write only a temporary directory of its own
 (outside the workspace), and its lab-cache writes go to a scratch dir that is thrown away. Its
-JSON is copied into the run dir by the orchestrator. An artifact whose digest equals the
-baseline's or an earlier run's is not new work. Nothing here knows what the numbers mean.
+JSON is copied into the run dir by the orchestrator, through trust/safefs: a link planted at
+either end (by the experiment, or by an artifact the referee loaded) is refused, not followed.
+An artifact whose digest equals the baseline's or an earlier run's is not new work. Nothing here
+knows what the numbers mean.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 from orchestrator.templates import TemplateSpec, expand_command
+from orchestrator.trust import safefs
 from orchestrator.trust.runner import run_sandboxed
 from orchestrator.trust.validate import get_path
 
@@ -28,45 +30,57 @@ def measure(
     """Run the referee on `workspace/run_name`; its JSON lands in the run dir. Returns the
     problems that make the run invalid (none: measured). `earlier` maps run names to the
     artifact digests already judged."""
-    assert spec.referee is not None
     run_dir = Path(workspace) / run_name
     with tempfile.TemporaryDirectory(prefix="referee-") as scratch:
-        out_dir = Path(scratch) / "out"
-        out_dir.mkdir()
-        out_file = out_dir / spec.referee.result_file
-        command = expand_command(
-            spec.referee.command,
-            spec,
-            run_dir=str(run_dir),
-            workspace=str(workspace),
-            out_file=str(out_file),
-        )
-        result = run_sandboxed(
-            command,
-            spec,
-            cwd=out_dir,  # not the workspace: nothing there is on the referee's import path
-            writable=out_dir,
-            scratch=Path(scratch),
-            log_path=run_dir / LOG_FILE,
-            timeout=spec.referee.timeout_seconds,
-            live=live,
-            title=f"referee {run_name}",
-        )
-        if not result.ok or not out_file.is_file():
-            why = _last_line(result.stderr_tail) or f"exit code {result.returncode}"
-            return [f"the lab could not measure {run_name}'s saved artifact: {why}"]
-        shutil.copyfile(out_file, run_dir / spec.referee.result_file)
-        for extra in out_dir.glob("*.json"):  # the lab's other records (dashboards.json),
-            if extra != out_file:  # whose digests the result file holds
-                shutil.copyfile(extra, run_dir / extra.name)
-    return _copies(artifact_digest(run_dir, spec), earlier, run_name)
+        try:
+            failed = _run(Path(workspace), spec, run_name, Path(scratch), live)
+        except safefs.Planted as err:
+            return [f"the referee's records were not written: {err}"]
+    return failed or _copies(artifact_digest(run_dir, spec), earlier, run_name)
+
+
+def _run(
+    workspace: Path, spec: TemplateSpec, run_name: str, scratch: Path, live: bool
+) -> list[str]:
+    """The referee in its sandbox, writing under `scratch`; its JSON files copied into the run
+    dir. Returns why it could not measure (none: measured)."""
+    assert spec.referee is not None
+    run_dir = workspace / run_name
+    out_dir = scratch / "out"
+    out_dir.mkdir()
+    out_file = out_dir / spec.referee.result_file
+    command = expand_command(
+        spec.referee.command,
+        spec,
+        run_dir=str(run_dir),
+        workspace=str(workspace),
+        out_file=str(out_file),
+    )
+    result = run_sandboxed(
+        command,
+        spec,
+        cwd=out_dir,  # not the workspace: nothing there is on the referee's import path
+        writable=out_dir,
+        scratch=scratch,
+        log_path=run_dir / LOG_FILE,
+        timeout=spec.referee.timeout_seconds,
+        live=live,
+        title=f"referee {run_name}",
+    )
+    if not result.ok or not out_file.is_file():
+        why = _last_line(result.stderr_tail) or f"exit code {result.returncode}"
+        return [f"the lab could not measure {run_name}'s saved artifact: {why}"]
+    # the result file first, then the lab's other records (dashboards.json, referee_items.json)
+    for record in [out_file, *sorted(set(out_dir.glob("*.json")) - {out_file})]:
+        safefs.copy_in(record, run_dir, record.name)
+    return []
 
 
 def artifact_digest(run_dir: Path, spec: TemplateSpec) -> str | None:
     """The artifact's digest as the referee recorded it in the run's referee file."""
     assert spec.referee is not None
     try:
-        data = json.loads((Path(run_dir) / spec.referee.result_file).read_text())
+        data = json.loads(safefs.read_bytes(Path(run_dir) / spec.referee.result_file))
         digest = get_path(data, spec.referee.artifact_key)
     except (OSError, ValueError, KeyError):
         return None

@@ -40,6 +40,7 @@ from rich.text import Text
 
 from orchestrator.console import console as default_console
 from orchestrator.templates import TemplateSpec, expand_command
+from orchestrator.trust import safefs
 from orchestrator.trust.sandbox import Box, dies_with_parent, sandbox_env
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ def _supervise(
     ended = "exit"
     try:
         if pid_file:
-            pid_file.write_text(str(proc.pid))
+            safefs.write_text(pid_file.parent, pid_file.name, str(proc.pid))
         for pump in pumps:
             pump.start()
         with view:
@@ -254,8 +255,8 @@ def _fresh_run_dir(workspace: Path, run_name: str) -> Path:
     run_dir = workspace / run_name
     stale_pid = run_dir / PID_FILE
     if stale_pid.is_file():  # the orchestrator died mid-run (kill -9): its child may live on
-        with suppress(ValueError):
-            pgid = int(stale_pid.read_text())
+        with suppress(ValueError, OSError):  # OSError: safefs.Planted, a link left by the run
+            pgid = int(safefs.read_text(stale_pid))
             if _runs_in(pgid, workspace):  # not a stranger that inherited the number
                 log.warning("killing process group %d left by an interrupted %s", pgid, run_name)
                 _kill_group(pgid, GRACE_SECONDS)
@@ -407,7 +408,7 @@ class _CappedLog:
     (kept in memory, written at close) with a note of what was cut in between."""
 
     def __init__(self, path: Path, half: int):
-        self._file = path.open("wb")
+        self._file = safefs.open_write(path.parent, path.name)  # a run dir's: never via a link
         self._room = half
         self._tail = _Ring(half)
         self._lock = threading.Lock()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.templates import RefereeSpec, Rule, TemplateSpec
+from orchestrator.trust import safefs
 
 MEASURED, REPORTED = "measured", "reported"
 
@@ -146,12 +147,16 @@ def _source(path: str, measured: Mapping | None) -> str:
 def _read(path: Path, why_missing: str) -> Mapping | str:
     """The JSON object in `path`, or the problem with it as one line."""
     where = f"{path.parent.name}/{path.name}"
-    if not path.is_file():
-        return f"{where}: missing; {why_missing}"
     try:
-        result = json.loads(path.read_text())
+        result = json.loads(safefs.read_bytes(path))  # a run dir's: never through a link
+    except FileNotFoundError:
+        return f"{where}: missing; {why_missing}"
+    except safefs.Planted as err:
+        return str(err)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         return f"{where}: not valid JSON ({err})"
+    except OSError as err:
+        return f"{where}: unreadable ({err.strerror})"
     if not isinstance(result, Mapping):
         return f"{where}: must hold a JSON object, not {type(result).__name__}"
     return result

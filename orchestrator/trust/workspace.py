@@ -20,6 +20,8 @@ from pathlib import Path
 
 import git
 
+from orchestrator.trust import safefs
+
 MANIFEST = Path(".git") / "scientist" / "manifest.json"
 JOURNAL = "journal.jsonl"
 # Outputs the orchestrator itself writes; never counted as "added" by the agent.
@@ -217,10 +219,7 @@ def _sha256(path: Path) -> str:
 
 
 def file_digests(directory: Path) -> dict[str, str]:
-    """sha256 of every file under `directory` (relative posix path -> hex digest)."""
+    """sha256 of every plain file under `directory` (relative posix path -> hex digest); links,
+    FIFOs and devices are skipped, never followed or opened (trust/safefs)."""
     root = Path(directory)
-    return {
-        path.relative_to(root).as_posix(): _sha256(path)
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and not path.is_symlink()
-    }
+    return {path: safefs.sha256(root / path) for path in safefs.regular_files(root)}
