@@ -54,6 +54,7 @@ from orchestrator.session import (
 )
 from orchestrator.templates import seeded
 from orchestrator.trust.code import PROJECT, code_digest
+from orchestrator.trust.disk import WorkspaceFull
 from orchestrator.trust.judge import judge, judged_artifacts, record
 from orchestrator.trust.runner import RunResult, run_experiment
 from orchestrator.trust.workspace import Commit
@@ -91,11 +92,11 @@ def run(settings: Settings) -> Path:
     except KeyboardInterrupt:
         console.print(f"\n[bold]interrupted.[/] Continue with: --resume {session.ws.root}")
         raise
-    except llm.LLMHalt as err:  # the journal ends before the call that failed
+    except (llm.LLMHalt, WorkspaceFull) as err:  # the journal ends before the step that failed
         session.journal.append("halt", error=type(err).__name__, reason=str(err))
         console.print(f"[bold red]stopped:[/] {err}", soft_wrap=True)
         console.print(f"Continue with: --resume {session.ws.root}")
-        if not isinstance(err, llm.SpendCapReached):
+        if isinstance(err, llm.LLMHalt) and not isinstance(err, llm.SpendCapReached):
             raise
     _close(session)
     return session.ws.root
@@ -248,7 +249,7 @@ def _failed(result: RunResult, timeout: float) -> tuple[str, str]:
     if result.timed_out:
         return "timeout", f"killed at the {timeout:.0f} s time limit"
     if result.over_quota:
-        return "crashed", "killed: its run directory grew past the size cap"
+        return "crashed", result.note
     if result.returncode != 0:
         return "crashed", f"exit code {result.returncode}"
     return "", ""

@@ -23,7 +23,8 @@ TYPES = ("int", "number", "str", "bool", "object", "list", "null")
 COMPARE_OPS = (">", ">=", "<", "<=", "==", "!=")
 OPS = (*COMPARE_OPS, "finite", "exists")
 PYTHONS = ("lab", "current")
-RUN_BYTES = 8 * 2**30  # default cap on what one run may write
+RUN_BYTES = 2**30  # default cap on what one run may write (the cpu profile's run: ~30 MB)
+WORKSPACE_BYTES = 4 * 2**30  # default cap on a workspace: its runs, scratch and history
 # What one idea's loop asks of a Ray worker (orchestrator/batch.py): its experiments' needs.
 RESOURCES = {"num_cpus": 1.0, "num_gpus": 0.0}
 GOALS = ("max", "min")
@@ -90,6 +91,7 @@ class TemplateSpec:
     network: bool = False  # agent code may open TCP connections (e.g. to stream hub data)
     shared_cache: tuple[str, Path] | None = None  # (env var, dir) the sandbox overlays
     max_run_bytes: int = RUN_BYTES  # a run directory (or one file) past this is killed
+    max_workspace_bytes: int = WORKSPACE_BYTES  # past this, no more runs (trust/disk.py)
     profile: str = ""  # the one switch its commands share as {profile} (e.g. the lab's budget)
     resources: dict[str, float] = field(default_factory=lambda: dict(RESOURCES))  # Ray's ask
     objective: tuple[str, str] | None = None  # (key metric name, "max"|"min"): the best run
@@ -131,9 +133,8 @@ def load_template(template_dir: Path) -> TemplateSpec:
         network=_network(raw, bad),
         shared_cache=_shared_cache(raw, bad),
         profile=_typed(raw, "profile", str, bad, default=""),
-        max_run_bytes=int(
-            _typed(raw.get("sandbox") or {}, "max_run_bytes", int, bad, default=RUN_BYTES)
-        ),
+        max_run_bytes=_bytes(raw, "max_run_bytes", RUN_BYTES, bad),
+        max_workspace_bytes=_bytes(raw, "max_workspace_bytes", WORKSPACE_BYTES, bad),
         resources=_resources(raw, bad),
         objective=_objective(raw, key_metrics, bad),
         seed_arg=_seed_arg(raw, bad),
@@ -188,6 +189,14 @@ def _typed(raw: dict, field: str, kind: type | tuple, bad: Bad, default: Any = .
     if not isinstance(value, kind) or isinstance(value, bool):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise bad(field, f"must be of type {names}, not {type(value).__name__}")
+    return value
+
+
+def _bytes(raw: dict, field: str, default: int, bad: Bad) -> int:
+    """A positive byte count in the template's sandbox section."""
+    value = (raw.get("sandbox") or {}).get(field, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise bad(f"sandbox.{field}", f"must be a positive number of bytes, not {value!r}")
     return value
 
 

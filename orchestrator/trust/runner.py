@@ -4,7 +4,8 @@
   period) at the timeout, on Ctrl-C, and after a normal exit (stray background processes);
 - agent code (experiment, plot) in the sandbox (trust/sandbox.py): it writes only its run
   directory and a private temp dir, sees an allow-listed environment, no network, no other
-  process, and whatever it starts dies with it; a run directory over its size cap is killed;
+  process, and whatever it starts dies with it; a run directory over its size cap is killed
+  and trimmed, and a workspace over its cap runs nothing more (trust/disk.py);
 - otherwise an environment without LLM credentials;
 - stdout and stderr streamed into log.txt with bounded memory: only ring-buffer tails stay in
   memory and the log keeps its first and last LOG_LIMIT_BYTES / 2, so a run that prints
@@ -40,7 +41,7 @@ from rich.text import Text
 
 from orchestrator.console import console as default_console
 from orchestrator.templates import TemplateSpec, expand_command
-from orchestrator.trust import safefs
+from orchestrator.trust import disk, safefs
 from orchestrator.trust.sandbox import Box, dies_with_parent, sandbox_env
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ HEARTBEAT_SECONDS = 30.0  # plain (non-TTY) progress line interval
 POLL_SECONDS = 0.1
 CHUNK_BYTES = 64 * 1024
 MAX_PARTIAL_LINE = 64 * 1024  # a line longer than this is written without waiting for its end
+LOG_FILE = "log.txt"  # a run's output, in its run dir
 PID_FILE = ".runner.pgid"  # in a run dir while its command runs; lets a resume kill a stale run
 SCRATCH = ".scratch"  # in a workspace: private temp dirs and the lab cache overlay's writes
 QUOTA_EVERY = 1.0  # seconds between two measurements of a sandboxed run directory's size
@@ -79,6 +81,7 @@ class RunResult:
     stderr_tail: str
     pgid: int | None = None  # the process group the command ran in
     over_quota: bool = False  # killed because its run directory passed the size cap
+    note: str = ""  # over quota: what was killed and which files were removed (trust/disk.py)
 
     @property
     def ok(self) -> bool:
@@ -103,20 +106,25 @@ def run_experiment(
     live: bool = True,
 ) -> RunResult:
     """Run the template's run_command for `run_name` in `workspace`, in a fresh run dir,
-    sandboxed: it may write that run dir only."""
+    sandboxed: it may write that run dir only. WorkspaceFull when the workspace is past its
+    cap; a run killed over its own cap is trimmed, its note says what went."""
     workspace = Path(workspace)
+    disk.check_workspace(workspace, spec.max_workspace_bytes)
     run_dir = _fresh_run_dir(workspace, run_name)
-    return run_sandboxed(
+    result = run_sandboxed(
         expand_command(spec.run_command, spec, out_dir=run_name),
         spec,
         cwd=workspace,
         writable=run_dir,
-        log_path=run_dir / "log.txt",
+        log_path=run_dir / LOG_FILE,
         timeout=spec.timeout_seconds if timeout is None else timeout,
         live=live,
         title=run_name,
         pid_file=run_dir / PID_FILE,
     )
+    if result.over_quota:
+        result.note = disk.after_kill(run_dir, spec.max_run_bytes, keep=LOG_FILE)
+    return result
 
 
 def run_sandboxed(
@@ -186,7 +194,7 @@ def run_command(
             sink.close()
             return RunResult(None, False, 0.0, log_path, "", f"could not start {cmd[0]}: {err}")
         tails, ended = _supervise(proc, sink, view, timeout, grace_seconds, pid_file, quota)
-    if quota and ended == "exit" and _dir_bytes(quota[0]) > quota[1]:  # grew between checks
+    if quota and ended == "exit" and disk.dir_bytes(quota[0]) > quota[1]:  # grew between checks
         ended = "quota"
     seconds = time.monotonic() - start
     result = RunResult(
@@ -278,21 +286,11 @@ def _wait_for_exit(
             return "timeout"
         if quota and now >= next_quota_check:
             next_quota_check = now + QUOTA_EVERY
-            if _dir_bytes(quota[0]) > quota[1]:
+            if disk.dir_bytes(quota[0]) > quota[1]:
                 return "quota"
         view.update()
         time.sleep(POLL_SECONDS)
     return "exit"
-
-
-def _dir_bytes(path: Path) -> int:
-    """Bytes of the files under `path` (what a run wrote); vanishing files are skipped."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            with suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
 
 
 # ---- process groups ---------------------------------------------------------------------------
