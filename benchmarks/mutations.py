@@ -71,6 +71,7 @@ JOURNAL = (T + "test_journal.py",)
 GUARDS = T + "test_guards.py::"
 REPORT = (T + "report/test_report.py",)
 EVALS = "tests/lab/test_evals.py::"
+LINKS = T + "trust/test_links.py::"
 
 # fmt: off
 MUTATIONS = [
@@ -134,6 +135,11 @@ MUTATIONS = [
     Mutation("rule_ignores_noise", "orchestrator/report/findings.py", "        low, high = self.difference - half, self.difference + half", "        low, high = self.difference, self.difference", "a difference inside both arms' seed noise decides nothing", (T + "report/test_findings.py",)),
     Mutation("no_confirmation", "orchestrator/loop.py", "    plan = session.journal.confirmation() or _plan_confirmation(session, reason)", "    plan = None", "the best run is confirmed at more seeds", (T + "test_confirm.py::test_kill_during_a_confirmation_run_resumes_it",)),
     Mutation("confirm_restarts", "orchestrator/journal.py", '        return [s for s in self.plan.get("seeds") or [] if s not in finished]', '        return list(self.plan.get("seeds") or [])', "a resumed confirmation does not run a finished seed again", (T + "test_confirm.py::test_kill_during_a_confirmation_run_resumes_it",)),
+    # no write through a planted link; disk caps (issue 19)
+    Mutation("follow_links", "orchestrator/trust/safefs.py", "FILE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC", "FILE_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC", "the orchestrator writes, copies and reads no file through a planted symlink", (T + "trust/test_safefs.py", LINKS + "test_the_referee_step_refuses_a_link_at_its_output_names")),
+    Mutation("planted_run_valid", "orchestrator/trust/judge.py", "        for path, kind in safefs.planted(run_dir)", "        for path, kind in []", "a run dir holding a link or FIFO is INVALID, named in one line", (LINKS + "test_links_planted_at_every_run_file_name_are_invalid_and_never_followed",)),
+    Mutation("no_oversize_cleanup", "orchestrator/trust/disk.py", "        if path != os.path.join(run_dir, keep):", "        if False:", "a run killed over its disk cap loses its big files, keeps its log", (LINKS + "test_an_over_cap_run_keeps_its_log_and_loses_its_big_files",)),
+    Mutation("no_workspace_cap", "orchestrator/trust/runner.py", "    disk.check_workspace(workspace, spec.max_workspace_bytes)\n", "", "a workspace past its cap runs nothing more", (LINKS + "test_a_workspace_over_its_cap_stops_the_loop",)),
 ]
 # fmt: on
 

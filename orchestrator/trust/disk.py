@@ -14,6 +14,7 @@ run's size nor gets its target deleted.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -27,7 +28,7 @@ class WorkspaceFull(RuntimeError):
 
 def dir_bytes(path: Path) -> int:
     """Bytes of the files under `path` (what a run wrote); vanishing files are skipped."""
-    return sum(size for _, size in _files(Path(path)))
+    return sum(n for _, n in _sizes(Path(path)))
 
 
 def check_workspace(root: Path, cap: int) -> None:
@@ -62,25 +63,24 @@ def size(n: int) -> str:
 
 def _trim(run_dir: Path, budget: int, keep: str) -> list[tuple[str, int]]:
     """Remove the largest files until at most `budget` bytes are left; returns them."""
-    files = sorted(_files(run_dir), key=lambda item: -item[1])
+    files = sorted(_sizes(run_dir), key=lambda item: -item[1])
     left, removed = sum(n for _, n in files), []
     for path, n in files:
         if left <= budget:
             break
-        if path != keep:
+        if path != os.path.join(run_dir, keep):
             with suppress(FileNotFoundError):
-                os.unlink(run_dir / path)  # unlink never follows: a link itself is removed
-            removed.append((path, n))
+                os.unlink(path)  # unlink never follows: a link itself is removed
+            removed.append((Path(path).relative_to(run_dir).as_posix(), n))
             left -= n
     return removed
 
 
-def _files(root: Path) -> list[tuple[str, int]]:
-    """(relative posix path, lstat size) of each non-directory under `root`."""
-    found = []
+def _sizes(root: Path) -> Iterator[tuple[str, int]]:
+    """(path, lstat size) of each non-directory under `root`; plain os calls, no pathlib: the
+    runner sums these every second while a run writes."""
     for parent, _, names in os.walk(root):
         for name in names:
-            path = Path(parent) / name
-            with suppress(OSError):
-                found.append((path.relative_to(root).as_posix(), path.lstat().st_size))
-    return found
+            path = os.path.join(parent, name)
+            with suppress(OSError):  # vanished while we looked
+                yield path, os.lstat(path).st_size
