@@ -18,7 +18,8 @@ loop writes, with their fields:
     run_done  run_name, status ("ok" | "invalid" | "crashed" | "timeout")
     end       reason
     skip      run_name, attempt, next_prompt (an agent turn that changed nothing)
-    halt      error, reason (the LLM provider refused; resume goes on)
+    halt      error, reason (the LLM provider refused, or the workspace passed its disk cap;
+              resume goes on)
     confirm   run_name, commit, seeds, reason (why the agent's runs ended); absent when no run
               is confirmed (confirmation off, no seed_arg, no VALID run)
     confirm_run      run_name (the seed's directory), of, seed, returncode, timed_out, seconds
