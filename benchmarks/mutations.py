@@ -108,7 +108,7 @@ MUTATIONS = [
     Mutation("no_baseline_gate", "orchestrator/session.py", "    baseline_gate(spec)\n", "", "a missing or invalid run_0 stops the loop", (GUARDS + "test_a_bad_baseline_stops_the_loop_with_one_line_and_no_workspace",)),
     Mutation("loop_progress", "orchestrator/session.py", "    session.run_number = len(journal.passed_runs()) + 1", "    session.run_number = 1", "a resume continues after the runs that passed", (GUARDS + "test_resume_after_a_passed_run_continues_at_the_next_run",)),
     Mutation("replay_restarts", "orchestrator/session.py", "        return replace(choice, replay_responses=choice.replay_responses[used:])", "        return choice", "a resumed replay skips the replies already served", (GUARDS + "test_a_resumed_replay_equals_an_uninterrupted_one",)),
-    Mutation("no_turn_guard", "orchestrator/loop.py", '    _guard(session, "your last edit")\n', "", "protected edits are reverted after each turn", (E2E + "test_protected_file_edit_is_reverted_and_agent_told",)),
+    Mutation("no_turn_guard", "orchestrator/loop.py", '    guard(session, "your last edit")\n', "", "protected edits are reverted after each turn", (E2E + "test_protected_file_edit_is_reverted_and_agent_told",)),
     Mutation("tamper_valid", "orchestrator/trust/judge.py", '        verdict.problems.append(f"the run changed protected files ({tampered})")', "        pass", "a run that wrote protected files is invalid", JUDGE),
     Mutation("invalid_is_ok", "orchestrator/loop.py", 'status, reason = ("ok", "") if verdict.ok else ("invalid", "INVALID result")', 'status, reason = ("ok", "")', "an invalid verdict is a failed run", (E2E + "test_zero_training_steps_is_invalid_and_run_number_stays",)),
     Mutation("no_iter_cap", "orchestrator/loop.py", "    if session.failures >= session.settings.max_iters:", "    if False:", "MAX_ITERS failures in a row end the loop", (E2E + "test_hang_is_killed_at_timeout_with_no_process_left",)),
@@ -132,7 +132,7 @@ MUTATIONS = [
     Mutation("unpickling_referee", "saelab/referee.py", 'os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"', "pass", "a crafted artifact runs no code in the referee", ("tests/lab/test_referee.py",)),
     # findings and confirmation (issue 21)
     Mutation("rule_ignores_noise", "orchestrator/report/findings.py", "        low, high = self.difference - half, self.difference + half", "        low, high = self.difference, self.difference", "a difference inside both arms' seed noise decides nothing", (T + "report/test_findings.py",)),
-    Mutation("no_confirmation", "orchestrator/loop.py", "    plan = session.journal.confirmation() or _plan_confirmation(session, reason)", "    plan = None", "the best run is confirmed at more seeds", (T + "test_confirm.py::test_kill_during_a_confirmation_run_resumes_it",)),
+    Mutation("no_confirmation", "orchestrator/confirm.py", "    plan = session.journal.confirmation() or _plan_confirmation(session, reason)", "    plan = None", "the best run is confirmed at more seeds", (T + "test_confirm.py::test_kill_during_a_confirmation_run_resumes_it",)),
     Mutation("confirm_restarts", "orchestrator/journal.py", '        return [s for s in self.plan.get("seeds") or [] if s not in finished]', '        return list(self.plan.get("seeds") or [])', "a resumed confirmation does not run a finished seed again", (T + "test_confirm.py::test_kill_during_a_confirmation_run_resumes_it",)),
 ]
 # fmt: on

@@ -189,7 +189,7 @@ def test_closing_table_has_a_finding_column():
     row = findings.Finding(UP, effect([0.9, 0.91, 0.92], [0.5, 0.51, 0.49]), SUPPORTED)
     found = findings.Findings("run_1", [1, 2], "confirmed", [row])
     console = Console(record=True, width=120)
-    console.print(runs_table(runs, Usage(), 60.0, found))
+    console.print(runs_table(runs, Usage(), 60.0, found=found))
     lines = console.export_text().splitlines()
     assert "finding (run_1)" in next(line for line in lines if "run_0" in line)
     assert next(line for line in lines if line.startswith("│ score")).split("│")[-2].strip() == (
