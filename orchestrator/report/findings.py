@@ -16,6 +16,7 @@ and otherwise not distinguishable from noise. Every number is read from the jour
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -302,10 +303,11 @@ def paired_cis(
 ) -> dict[str, list[float]]:
     """Key-metric name -> [low, high], the lab's paired bootstrap 95% CI of mean(runs) -
     mean(baseline) (`python -m saelab.compare`, through the template's interpreter); empty
-    when a run lacks the items file or the lab has no compare (an older lab)."""
+    when a run lacks the items file, one is not the file its referee.json vouches for, or the
+    lab has no compare (an older lab)."""
     workspace = Path(workspace)
     files = [[workspace / d / ITEMS_FILE for d in dirs] for dirs in (run_dirs, baseline_dirs)]
-    if not all(path.is_file() for group in files for path in group):
+    if not all(_vouched(path, spec) for group in files for path in group):
         return {}
     # -I: the lab's installed compare, never a saelab/ that agent code left in a directory
     command = expand_command(["{python}", "-I", "-m", "saelab.compare", "--a"], spec)
@@ -319,6 +321,17 @@ def paired_cis(
         return {}
     by_path = {path: name for name, path in spec.key_metrics.items()}
     return {by_path[p]: m["ci95"] for p, m in metrics.items() if p in by_path and "ci95" in m}
+
+
+def _vouched(items: Path, spec: TemplateSpec) -> bool:
+    """The items file is a regular file whose sha256 its run's referee file records."""
+    if spec.referee is None or items.is_symlink() or not items.is_file():
+        return False
+    try:
+        record = json.loads((items.parent / spec.referee.result_file).read_text())["referee"]
+        return record["items_sha256"] == hashlib.sha256(items.read_bytes()).hexdigest()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 # ---- the agent's prose -----------------------------------------------------------------------
