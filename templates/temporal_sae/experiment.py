@@ -52,7 +52,7 @@ class Config:
     layer: int = 6  # residual stream after block `layer` (0-indexed; Gemma 3 270M has 18)
     corpus: str = "offline-mix"  # saelab.data corpus name
     seq_len: int = 128  # tokens per sequence, BOS excluded; temporal evals look <= 128 back
-    cache_tokens: int = 300_000  # tokens harvested into the activation cache (reused by runs)
+    cache_tokens: int = 1_100_000  # tokens harvested into the activation cache (reused by runs)
     test_fraction: float = 0.05  # the tail the lab holds out (sealed: only the referee reads it)
     # sae
     architecture: str = "batchtopk"  # "batchtopk" | "topk" | "relu" (ReLU + L1)
