@@ -13,16 +13,14 @@ journal, so --resume after Ctrl-C, a crash or kill -9 continues exactly where th
     confirm                     run the confirmation seeds that have no confirm_done yet
     end                         nothing left: rewrite the report
 
-When the agent's runs end, the best VALID run (report/findings.best_run) is confirmed: its
-committed experiment files are checked out again and it runs at each confirmation seed (the
-template's seed_arg), sandboxed and judged like any run, journaled as confirm_* entries; a seed
-that fails is recorded, not retried. Then the lab's paired per-item CIs, then "end".
+When the agent's runs end, the best VALID run is confirmed at more seeds (confirm.py), then
+"end".
 
 A run that crashes, times out or fails validation is a failure: the agent gets the stderr and
 stdout tails or the verdict, the run number does not advance, and after max_iters consecutive
 failures the loop stops. A turn that changed nothing is journaled as "skip" and not run again.
-Starting, resuming and the gates are in session.py; the prompts in prompts.py; the verdict in
-trust/judge.py; the closing report in report/closing.py.
+Starting, resuming and the gates are in session.py; the prompts in prompts.py; one run, sandboxed
+and judged, in runs.py; the closing report in report/closing.py.
 """
 
 from __future__ import annotations
@@ -35,11 +33,13 @@ from typing import TYPE_CHECKING
 from orchestrator import prompts
 from orchestrator.agent import llm
 from orchestrator.agent.replay_server import END_MARKER
+from orchestrator.confirm import confirm
 from orchestrator.console import console
 from orchestrator.envs import ENV_SECONDS, STARTED_AT
 from orchestrator.report import findings
 from orchestrator.report.closing import close
 from orchestrator.report.timing import Phases
+from orchestrator.runs import execute, failed, guard, judged
 from orchestrator.session import (
     Session,
     Settings,
@@ -52,20 +52,14 @@ from orchestrator.session import (
     resume,
     start,
 )
-from orchestrator.templates import seeded
 from orchestrator.trust.code import PROJECT, code_digest
 from orchestrator.trust.disk import WorkspaceFull
-from orchestrator.trust.judge import judge, judged_artifacts, record
-from orchestrator.trust.runner import RunResult, run_experiment
 from orchestrator.trust.workspace import Commit
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from orchestrator.agent.coder import Agent
-    from orchestrator.journal import Confirmation
-    from orchestrator.templates import TemplateSpec
-    from orchestrator.trust.validate import Verdict
 
 
 @dataclass
@@ -131,7 +125,8 @@ def _drive(session: Session, agent: Agent, step: Step) -> None:
         elif step.kind == "after_turn":
             step = _after_turn(session, step.text)
         elif step.kind == "confirm":
-            step = _confirm(session, step.text)
+            confirm(session, step.text)
+            step = Step("end", step.text)
         else:
             step = _run_and_judge(session)
     session.journal.append("end", reason=step.text)
@@ -148,7 +143,7 @@ def _ask(session: Session, agent: Agent, prompt: str) -> Step:
 
 def _after_turn(session: Session, reply: str) -> Step:
     """Guard, commit, then decide: end, run, or ask again after an empty diff."""
-    _guard(session, "your last edit")
+    guard(session, "your last edit")
     message = prompts.commit_message(session.turn_label, session.failures, reply)
     commit = session.ws.commit(message) or _unjournaled_head(session)
     if commit:
@@ -188,11 +183,11 @@ def _run_and_judge(session: Session) -> Step:
     ws, spec = session.ws.root, session.spec
     name, attempt = session.run_name, session.failures + 1
     console.rule(f"{name}, attempt {attempt}")
-    result, tampered, timeout = _execute(session, spec, name, "run", attempt=attempt)
+    result, tampered, timeout = execute(session, spec, name, "run", attempt=attempt)
     verdict = None
-    status, reason = _failed(result, timeout)
+    status, reason = failed(result, timeout)
     if not status:
-        verdict, fields = _judged(session, name, tampered, session.journal.valid_verdicts())
+        verdict, fields = judged(session, name, tampered, session.journal.valid_verdicts())
         session.journal.append("verdict", run_name=name, **fields)
         status, reason = ("ok", "") if verdict.ok else ("invalid", "INVALID result")
     console.print(f"{name}: [bold]{status.upper()}[/] {reason}")
@@ -213,116 +208,10 @@ def _run_and_judge(session: Session) -> Step:
     return _next_ask(session, next_prompt)
 
 
-def _execute(
-    session: Session, spec: TemplateSpec, name: str, kind: str, **fields: object
-) -> tuple[RunResult, str, float]:
-    """Run `name` sandboxed, journal it as `kind` (with `fields`), then guard the protected
-    files; returns the result, what the run tampered with, and the time limit it had."""
-    timeout = session.settings.timeout or spec.timeout_seconds
-    result = run_experiment(session.ws.root, spec, name, timeout=timeout, live=session.live)
-    session.journal.append(
-        kind,
-        run_name=name,
-        **fields,
-        returncode=result.returncode,
-        timed_out=result.timed_out,
-        seconds=round(result.seconds, 3),
-    )
-    tampered = _guard(session, f"{name} (the experiment itself)", run_outputs=True)
-    return result, tampered, timeout
-
-
-def _judged(session: Session, name: str, tampered: str, judged: list[dict]) -> tuple[Verdict, dict]:
-    """The verdict on a finished run and what the journal keeps of it; `judged`: the VALID
-    verdicts so far, whose artifacts a new run must not copy."""
-    ws, spec = session.ws.root, session.spec
-    earlier = judged_artifacts(ws, spec, judged)
-    verdict = judge(
-        ws, spec, name, earlier=earlier, tampered=tampered, code=session.code, live=session.live
-    )
-    fields = record(ws, spec, name, verdict) | {"commit": session.ws.repo.head.commit.hexsha}
-    return verdict, fields
-
-
-def _failed(result: RunResult, timeout: float) -> tuple[str, str]:
-    """(status, reason) of a run that did not finish cleanly; ("", "") when it did."""
-    if result.timed_out:
-        return "timeout", f"killed at the {timeout:.0f} s time limit"
-    if result.over_quota:
-        return "crashed", result.note
-    if result.returncode != 0:
-        return "crashed", f"exit code {result.returncode}"
-    return "", ""
-
-
-def _confirm(session: Session, reason: str) -> Step:
-    """Run the best VALID run again at the seeds still pending, then the lab's paired CIs."""
-    plan = session.journal.confirmation() or _plan_confirmation(session, reason)
-    if plan is None:
-        return Step("end", reason)
-    if plan.pending:
-        session.ws.checkout_editable(plan.plan["commit"])  # the code that run ran
-        try:
-            for seed in plan.pending:
-                _run_seed(session, plan.run_name, seed)
-        finally:
-            session.ws.reset_editable()
-        plan = session.journal.confirmation()
-    if not plan.cis:
-        runs = [plan.run_name] + [f"{plan.run_name}_seed{s}" for s in plan.seeds_done]
-        cis = findings.paired_cis(session.ws.root, session.spec, runs, [session.spec.baseline_run])
-        session.journal.append("compare", cis=cis)
-    return Step("end", reason)
-
-
-def _plan_confirmation(session: Session, reason: str) -> Confirmation | None:
-    """Journal which run is confirmed at which seeds; None (nothing journaled) when none is."""
-    hypotheses = findings.hypotheses_of(session.idea.hypotheses, session.spec)
-    best = findings.best_run(session.journal.valid_verdicts(), hypotheses)
-    count = session.settings.confirm_seeds or 0
-    why = findings.unconfirmed(count, session.spec) or ("" if best else "no VALID run")
-    console.print(f"[bold]confirmation:[/] {why or best['run_name'] + f' at {count} more seeds'}")
-    if why:
-        return None
-    seeds = list(range(1, count + 1))
-    session.journal.append(
-        "confirm", run_name=best["run_name"], commit=best["commit"], seeds=seeds, reason=reason
-    )
-    return session.journal.confirmation()
-
-
-def _run_seed(session: Session, of: str, seed: int) -> None:
-    """One confirmation seed of run `of`: run, guard, judge, journal; never retried."""
-    name = f"{of}_seed{seed}"
-    console.rule(f"{name}: {of} again at seed {seed}")
-    spec = seeded(session.spec, seed)
-    result, tampered, timeout = _execute(session, spec, name, "confirm_run", of=of, seed=seed)
-    status, _ = _failed(result, timeout)
-    if not status:
-        judged = session.journal.valid_verdicts() + session.journal.confirmation().verdicts
-        verdict, fields = _judged(session, name, tampered, judged)
-        session.journal.append("confirm_verdict", run_name=name, of=of, seed=seed, **fields)
-        status = "ok" if verdict.ok else "invalid"
-    session.journal.append("confirm_done", run_name=name, of=of, seed=seed, status=status)
-    console.print(f"{name}: [bold]{status.upper()}[/]")
-
-
 def _next_ask(session: Session, prompt: str) -> Step:
     if session.failures >= session.settings.max_iters:
         return Step("confirm", f"{session.run_name} failed {session.failures} times in a row")
     return Step("ask", prompt)
-
-
-def _guard(session: Session, where: str, run_outputs: bool = False) -> str:
-    """Revert protected-file changes, queue a notice for the agent; returns what changed."""
-    changes = session.ws.check_protected()
-    if not changes:
-        return ""
-    session.ws.revert(changes)
-    session.journal.append("revert", files=changes.files(), why=f"{where}: {changes.describe()}")
-    console.print(f"[red]reverted protected files[/] ({changes.describe()})")
-    session.notice += prompts.guard(session.spec, where, changes.describe(), run_outputs)
-    return changes.describe()
 
 
 def _unjournaled_head(session: Session) -> Commit | None:

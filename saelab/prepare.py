@@ -1,6 +1,6 @@
 """Build the lab's shared caches once, before any run: model, data, activations, eval cache.
 
-    python -m saelab.prepare                  # the cpu profile: Gemma 3 270M, layer 6, 300k tokens
+    python -m saelab.prepare                  # the cpu profile: Gemma 3 270M, layer 6, 1.1M tokens
     python -m saelab.prepare --profile gpu    # Gemma-2-2B, layer 12, 4M tokens (~18 GB)
     python -m saelab.prepare --profile gpu --model_name /models/gemma-2-2b   # a flag overrides
 

@@ -36,7 +36,7 @@ class Profile:
 
 
 PROFILES = {
-    "cpu": Profile("cpu", OFFLINE_MODEL, 6, "offline-mix", 128, 300_000, 0.05, "default"),
+    "cpu": Profile("cpu", OFFLINE_MODEL, 6, "offline-mix", 128, 1_100_000, 0.05, "default"),
     "tiny": Profile("tiny", OFFLINE_MODEL, 6, "offline-mix", 32, 16_384, 0.2, "tiny"),
     "gpu": Profile("gpu", "google/gemma-2-2b", 12, "offline-mix", 128, 4_000_000, 0.05, "gpu"),
 }

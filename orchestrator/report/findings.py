@@ -303,10 +303,11 @@ def paired_cis(
 ) -> dict[str, list[float]]:
     """Key-metric name -> [low, high], the lab's paired bootstrap 95% CI of mean(runs) -
     mean(baseline) (`python -m saelab.compare`, through the template's interpreter); empty
-    when a run lacks the items file or the lab has no compare (an older lab)."""
+    when a run lacks the items file, one is not the file its referee.json vouches for, or the
+    lab has no compare (an older lab)."""
     workspace = Path(workspace)
     files = [[workspace / d / ITEMS_FILE for d in dirs] for dirs in (run_dirs, baseline_dirs)]
-    if not all(safefs.is_regular(path) for group in files for path in group):  # no link
+    if not all(_vouched(path, spec) for group in files for path in group):
         return {}
     # -I: the lab's installed compare, never a saelab/ that agent code left in a directory
     command = expand_command(["{python}", "-I", "-m", "saelab.compare", "--a"], spec)
@@ -320,6 +321,17 @@ def paired_cis(
         return {}
     by_path = {path: name for name, path in spec.key_metrics.items()}
     return {by_path[p]: m["ci95"] for p, m in metrics.items() if p in by_path and "ci95" in m}
+
+
+def _vouched(items: Path, spec: TemplateSpec) -> bool:
+    """The items file is a regular file whose sha256 its run's referee file records."""
+    if spec.referee is None or not safefs.is_regular(items):
+        return False
+    try:
+        record = json.loads(safefs.read_text(items.parent / spec.referee.result_file))["referee"]
+        return record["items_sha256"] == safefs.sha256(items)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 # ---- the agent's prose -----------------------------------------------------------------------

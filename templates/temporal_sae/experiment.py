@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from saelab.activations import ActivationCache, train_split
 from saelab.artifact import save_artifact
-from saelab.models import OFFLINE_MODEL, LanguageModel, load_model
+from saelab.models import OFFLINE_MODEL, LanguageModel, default_device, default_dtype, load_model
 from saelab.profiles import profile
 from saelab.saelens import write_saelens
 
@@ -38,6 +38,9 @@ console = Console()
 
 
 # ---------------------------------------------------------------------------- config
+BF16_NATIVE = default_dtype(default_device()) == torch.bfloat16  # the bf16 knob's default
+
+
 @dataclass
 class Config:
     # run
@@ -49,7 +52,7 @@ class Config:
     layer: int = 6  # residual stream after block `layer` (0-indexed; Gemma 3 270M has 18)
     corpus: str = "offline-mix"  # saelab.data corpus name
     seq_len: int = 128  # tokens per sequence, BOS excluded; temporal evals look <= 128 back
-    cache_tokens: int = 300_000  # tokens harvested into the activation cache (reused by runs)
+    cache_tokens: int = 1_100_000  # tokens harvested into the activation cache (reused by runs)
     test_fraction: float = 0.05  # the tail the lab holds out (sealed: only the referee reads it)
     # sae
     architecture: str = "batchtopk"  # "batchtopk" | "topk" | "relu" (ReLU + L1)
@@ -66,8 +69,8 @@ class Config:
     warmup_steps: int = 20  # linear warm-up from 0 to learning_rate
     decay_start: float = 0.8  # fraction of steps after which lr decays linearly to 0
     log_every: int = 10  # steps between loss-curve points
-    bf16: bool = True  # bf16 autocast for the matmuls (2-5x on AVX-512 CPUs, ~20x SLOWER on
-    # AVX2-only ones: 64 s vs 3.0 s for one 4,096-token step's matmuls, 1 thread); weights fp32
+    bf16: bool = BF16_NATIVE  # bf16 autocast for the matmuls where the hardware has it (2-5x on
+    # AVX-512 CPUs; ~20x SLOWER on AVX2-only ones: 64 s vs 3.0 s a 4,096-token step); weights fp32
     stability_seed: int = -1  # >= 0: train a twin SAE from this seed for feature_stability (2x)
 
     def __post_init__(self) -> None:

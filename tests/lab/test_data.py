@@ -36,7 +36,12 @@ def corpus() -> list[str]:
 def reference(corpus) -> dict:
     """Fingerprints and tasks from the real cache, before any test swaps the cache dir."""
     fingerprints = {name: data.corpus_fingerprint(name) for name in data.CORPORA}
-    return {"fingerprints": fingerprints, "probing": data.probing_tasks(), "dir": data._dir()}
+    return {
+        "fingerprints": fingerprints,
+        "probing": data.probing_tasks(),
+        "dir": data._dir(),  # the sealed tree's eval sets and sources
+        "corpus": data._path("corpus-offline-mix.json"),  # the training tree's corpus
+    }
 
 
 @pytest.fixture
@@ -62,12 +67,13 @@ def test_corpus_is_large_and_mixes_prose_and_code(corpus):
 
 def test_build_is_deterministic(corpus, reference, tmp_cache):
     original = reference["fingerprints"]
-    assert not (tmp_cache / "corpus-offline-mix.json").exists()
+    corpus_path = data._path("corpus-offline-mix.json")
+    assert not corpus_path.exists()
     rebuilt = {name: data.corpus_fingerprint(name) for name in data.CORPORA}  # from scratch
     assert rebuilt == original != {}
     assert data.load_corpus() == corpus
     assert data.probing_tasks() == reference["probing"]
-    fingerprint = hashlib.sha256((tmp_cache / "corpus-offline-mix.json").read_bytes()).hexdigest()
+    fingerprint = hashlib.sha256(corpus_path.read_bytes()).hexdigest()
     assert fingerprint == original["offline-mix"]
 
 
@@ -129,10 +135,11 @@ def test_unlearning_texts():
 
 
 def test_corrupt_or_partial_cache_files_are_rebuilt(corpus, reference, tmp_cache):
-    for name in ("corpus-offline-mix.json", "probing.json"):  # a built cache, then damage it
-        for suffix in ("", ".sha256"):
-            shutil.copy(reference["dir"] / (name + suffix), tmp_cache)
-    path = tmp_cache / "corpus-offline-mix.json"
+    path = data._path("corpus-offline-mix.json")  # a built cache, then damage it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", ".sha256"):
+        shutil.copy(f"{reference['corpus']}{suffix}", f"{path}{suffix}")
+        shutil.copy(reference["dir"] / f"probing.json{suffix}", tmp_cache)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a partial write
     (tmp_cache / "probing.json").write_text("{}")  # an edit: fails its checksum
     code_path = tmp_cache / "code.json"

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from saelab.activations import ActivationCache, harvest
+from saelab.cache import sealed_dir
 from saelab.evals import EvalConfig, Normalized, check_causal, run_evals
 from saelab.evals.reference import PCASAE
 from saelab.models import LanguageModel
@@ -176,7 +177,7 @@ def test_residuals_come_back_from_the_disk_cache(lm, tmp_cache, monkeypatch):
 
     ids, mask = lm.tokenize(["The river rose after three days of rain."], 16)
     first = common.residuals_batched(lm, ids, mask, LAYER, batch_size=1)
-    assert len(list((tmp_cache / "evals" / "residuals").glob("*.safetensors"))) == 1
+    assert len(list(sealed_dir("evals", "residuals").glob("*.safetensors"))) == 1
     monkeypatch.setattr(common, "_MEMO", {})  # a new experiment process: memory empty, disk warm
     monkeypatch.setattr(lm, "residuals", lambda *a: pytest.fail("recomputed despite the cache"))
     assert torch.equal(common.residuals_batched(lm, ids, mask, LAYER, batch_size=1), first)
@@ -187,7 +188,7 @@ def test_a_truncated_cache_file_is_rebuilt(lm, tmp_cache, monkeypatch):
 
     ids, mask = lm.tokenize(["Photosynthesis turns light into sugar."], 16)
     first = common.residuals_batched(lm, ids, mask, LAYER, batch_size=1)
-    (path,) = (tmp_cache / "evals" / "residuals").glob("*.safetensors")
+    (path,) = sealed_dir("evals", "residuals").glob("*.safetensors")
     path.write_bytes(path.read_bytes()[:100])  # a full disk or a kill mid-copy
     monkeypatch.setattr(common, "_MEMO", {})
     assert torch.equal(common.residuals_batched(lm, ids, mask, LAYER, batch_size=1), first)
@@ -205,7 +206,7 @@ def test_clean_losses_and_answers_come_back_from_the_disk_cache(
     question = MCQuestion("Water is made of hydrogen and", [" oxygen", " gold"], 0, "retain", "x")
     first_core = core.downstream_metrics(reference, lm, LAYER, tokens, CONFIG)
     first_scores = unlearning._Scorer(lm, LAYER, [question], CONFIG)._scores(None)
-    assert {p.name for p in (tmp_cache / "evals").iterdir()} >= {
+    assert {p.name for p in sealed_dir("evals").iterdir()} >= {
         "core_clean_per_seq",
         "option_scores",
     }

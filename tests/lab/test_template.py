@@ -4,6 +4,7 @@ against template.json's rules, and an all-zero SAE that those rules must reject.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -237,9 +238,20 @@ def test_referee_numbers_equal_the_in_process_evals(ex, tmp_path):
     torch.manual_seed(0)
     sae = ex.build_sae(cfg, model.d_model, ex.data_mean(train_cache, "cpu")).eval()
     scale = train_cache.norm_scale
+    every = dataclasses.replace(  # the referee counts dead latents over both splits
+        test_cache,
+        acts=torch.cat([train_cache.acts, test_cache.acts]),
+        tokens=torch.cat([train_cache.tokens, test_cache.tokens]),
+    )
     with torch.no_grad():
         before = run_evals(
-            Normalized(sae, scale), model, cfg.layer, EVALS, test_cache, TINY.eval_config()
+            Normalized(sae, scale),
+            model,
+            cfg.layer,
+            EVALS,
+            test_cache,
+            TINY.eval_config(),
+            density_cache=every,
         )
     ex.save_sae(sae, scale, cfg, tmp_path, train_cache.acts[:2].float())
     after = referee_json(tmp_path)

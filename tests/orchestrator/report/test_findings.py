@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -19,6 +21,7 @@ from orchestrator.report.findings import (
     Effect,
     decide,
 )
+from orchestrator.templates import RefereeSpec, TemplateSpec
 from tests.orchestrator.helpers import core_spec
 
 UP = Hypothesis("score", "up", "w")
@@ -189,7 +192,7 @@ def test_closing_table_has_a_finding_column():
     row = findings.Finding(UP, effect([0.9, 0.91, 0.92], [0.5, 0.51, 0.49]), SUPPORTED)
     found = findings.Findings("run_1", [1, 2], "confirmed", [row])
     console = Console(record=True, width=120)
-    console.print(runs_table(runs, Usage(), 60.0, found))
+    console.print(runs_table(runs, Usage(), 60.0, found=found))
     lines = console.export_text().splitlines()
     assert "finding (run_1)" in next(line for line in lines if "run_0" in line)
     assert next(line for line in lines if line.startswith("│ score")).split("│")[-2].strip() == (
@@ -205,6 +208,21 @@ def test_paired_cis_need_every_items_file(tmp_path):
     assert findings.paired_cis(tmp_path, spec, ["run_1"], ["run_0"]) == {}  # run_0 has none
 
 
+def _refereed(directory: Path) -> TemplateSpec:
+    """core_spec with a referee block: paired CIs read only items files a referee vouches for."""
+    spec = core_spec(directory)
+    return dataclasses.replace(spec, referee=RefereeSpec(command=["true"]))
+
+
+def _write_items(run_dir: Path, items: dict) -> None:
+    """An items file and the referee.json that records its sha256, as saelab.referee writes."""
+    blob = json.dumps(items).encode()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / findings.ITEMS_FILE).write_bytes(blob)
+    record = {"referee": {"items_sha256": hashlib.sha256(blob).hexdigest()}}
+    (run_dir / "referee.json").write_text(json.dumps(record))
+
+
 def test_paired_cis_come_from_the_labs_compare(tmp_path):
     import importlib.util
 
@@ -212,17 +230,19 @@ def test_paired_cis_come_from_the_labs_compare(tmp_path):
 
     if importlib.util.find_spec("saelab.compare") is None:
         pytest.skip("saelab.compare (the evals branch) is not installed here")
-    spec = core_spec(tmp_path / "t")  # key metric "score" is eval.score, run by this python
+    spec = _refereed(tmp_path / "t")  # key metric "score" is eval.score, run by this python
     rng = np.random.default_rng(0)
     base = rng.normal(10, 3, size=300)
     for name, shift in (("run_0", 0.0), ("run_1", 0.5), ("run_1_seed1", 0.5)):
         values = (base + shift + rng.normal(0, 0.2, size=300)).tolist()
         entry = {"items": "set-1", "form": "ratio", "num": [values], "den": None}
         items = {"format": "saelab-items/1", "metrics": {"eval.score": entry}}
-        (tmp_path / name).mkdir()
-        (tmp_path / name / findings.ITEMS_FILE).write_text(json.dumps(items))
+        _write_items(tmp_path / name, items)
     cis = findings.paired_cis(tmp_path, spec, ["run_1", "run_1_seed1"], ["run_0"])
     low, high = cis["score"]
+    swapped = tmp_path / "run_1_seed1" / findings.ITEMS_FILE  # not the file its referee measured
+    swapped.write_bytes((tmp_path / "run_1" / findings.ITEMS_FILE).read_bytes() + b" ")
+    assert findings.paired_cis(tmp_path, spec, ["run_1", "run_1_seed1"], ["run_0"]) == {}
     assert 0.4 < low < 0.5 < high < 0.6  # the shift, found on paired items
     wide = effect([10.5, 10.51, 10.49], [10.0, 10.01, 9.99], ci=(low - 1, high))
     assert decide(UP, wide) == NOISE  # a CI that reaches below 0 keeps the verdict open
