@@ -83,7 +83,7 @@ def test_a_full_disk_is_refused_before_any_build(tmp_cache, monkeypatch, capsys)
     monkeypatch.setattr(prepare.shutil, "disk_usage", lambda _: usage(10**9, 10**9, 10**8))
     assert prepare.main([]) == 2  # one line on stderr, exit 2, nothing built
     err = capsys.readouterr().err
-    assert "0.1 GB free" in err and "activations (300,000 tokens x d_model 640" in err
+    assert "0.1 GB free" in err and "activations (1,100,000 tokens x d_model 640" in err
     assert not (tmp_cache / "models").exists()
 
 
