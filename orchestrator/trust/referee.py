@@ -47,6 +47,8 @@ def measure(
             cwd=out_dir,  # not the workspace: nothing there is on the referee's import path
             writable=out_dir,
             scratch=Path(scratch),
+            reads=(Path(workspace),),
+            sealed=True,  # the lab's evaluation data, which agent code never reads
             log_path=run_dir / LOG_FILE,
             timeout=spec.referee.timeout_seconds,
             live=live,

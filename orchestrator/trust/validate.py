@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.templates import RefereeSpec, Rule, TemplateSpec
+from orchestrator.trust.redact import read_json
 
 MEASURED, REPORTED = "measured", "reported"
 
@@ -149,7 +150,7 @@ def _read(path: Path, why_missing: str) -> Mapping | str:
     if not path.is_file():
         return f"{where}: missing; {why_missing}"
     try:
-        result = json.loads(path.read_text())
+        result = read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         return f"{where}: not valid JSON ({err})"
     if not isinstance(result, Mapping):
