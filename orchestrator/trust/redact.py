@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.trust.workspace import file_digests
+
 MARK = b"[redacted]"
 SECRET_NAMES = (  # fnmatch patterns against the upper-cased variable name
     "*_API_KEY", "*_TOKEN", "*_SECRET", "*_SECRET_KEY", "*_SECRET_ACCESS_KEY", "*_PASSWORD",
@@ -70,6 +72,11 @@ class Redactor:
         if isinstance(value, dict):
             return {self.scrub_text(k): self.scrub_json(v) for k, v in value.items()}
         return value
+
+
+def run_files(run_dir: Path) -> dict[str, str]:
+    """The sha256 of each file in a run dir by its name, scrubbed: agent code chose the names."""
+    return Redactor.from_environ().scrub_json(file_digests(run_dir))
 
 
 def read_json(path: Path) -> Any:

@@ -18,7 +18,7 @@ import pytest
 
 from orchestrator import prompts
 from orchestrator.templates import TemplateError, load_template
-from orchestrator.trust.redact import MARK
+from orchestrator.trust.redact import MARK, run_files
 from orchestrator.trust.runner import run_sandboxed
 from orchestrator.trust.sandbox import Protections
 from orchestrator.trust.validate import validate_run
@@ -124,8 +124,9 @@ def test_secrets_printed_by_the_run_are_redacted_and_journaled(
         assert files_holding(ws, secret) == []  # log.txt, journal, notes: nowhere
 
 
-def test_result_file_strings_are_redacted_before_any_prompt(tmp_path, monkeypatch):
-    """Strings in the result file reach the prompt as facts and as validation problems."""
+def test_result_file_strings_and_file_names_are_redacted(tmp_path, monkeypatch):
+    """Strings in the result file reach the prompt as facts and as validation problems; the
+    run dir's file names reach the journal's verdict."""
     secret = "hf-plain-token-value-99"
     monkeypatch.setenv("HF_TOKEN", secret)
     run_dir = tmp_path / "run_1"
@@ -134,10 +135,12 @@ def test_result_file_strings_are_redacted_before_any_prompt(tmp_path, monkeypatc
     info = {"training_steps": 3, "final_loss": 0.1, "r2": secret, "model": github_token}
     (run_dir / "final_info.json").write_text(json.dumps(info))
     (run_dir / "referee.json").write_text("{}")
+    (run_dir / f"{github_token}.txt").write_text("exfiltrated through a name")
     spec = load_template(TEMPLATES / "tiny")
     shown = prompts.facts(run_dir, spec) + " ".join(validate_run(run_dir, spec).problems)
     assert shown.count(MARK.decode()) >= 3  # both facts, and r2's problems
     assert secret not in shown and github_token not in shown
+    assert f"{MARK.decode()}.txt" in run_files(run_dir)
 
 
 def test_a_memory_hog_is_stopped_at_its_cap_and_the_loop_goes_on(run_loop, reply, tmp_path):
