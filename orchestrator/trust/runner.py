@@ -43,7 +43,13 @@ from orchestrator import envs
 from orchestrator.console import console as default_console
 from orchestrator.templates import TemplateSpec, expand_command, resolve_python
 from orchestrator.trust.redact import Redactor
-from orchestrator.trust.sandbox import Box, dies_with_parent, interpreter_dirs, sandbox_env
+from orchestrator.trust.sandbox import (
+    Box,
+    default_memory_cap,
+    dies_with_parent,
+    interpreter_dirs,
+    sandbox_env,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +181,11 @@ def run_sandboxed(
         named = [*spec.readable, *(spec.referee_readable if sealed else [])]
         env |= {variable: str(path) for variable, path in named if variable}
         readable = [cwd, *reads, *_code_dirs(spec), *(path for _, path in named)]
+        # the referee (lab code) needs more than a small template cap: 4 GiB was too little
+        # for the cpu profile's evals (measured); it never gets less than the default
+        memory = max(spec.max_memory_bytes, default_memory_cap() if sealed else 0)
         box = Box(
-            [Path(writable), Path(home)],
-            spec.network,
-            cache,
-            spec.max_run_bytes,
-            readable,
-            spec.max_memory_bytes,
+            [Path(writable), Path(home)], spec.network, cache, spec.max_run_bytes, readable, memory
         )
         quota = (Path(writable), box.max_bytes)
         return run_command(

@@ -20,7 +20,7 @@ from orchestrator import prompts
 from orchestrator.templates import TemplateError, load_template
 from orchestrator.trust.redact import MARK, run_files
 from orchestrator.trust.runner import run_sandboxed
-from orchestrator.trust.sandbox import Protections
+from orchestrator.trust.sandbox import Protections, default_memory_cap
 from orchestrator.trust.validate import validate_run
 from tests.orchestrator.helpers import TEMPLATES
 from tests.orchestrator.trust.test_sandbox import (
@@ -84,11 +84,13 @@ def test_the_sealed_tree_is_unreadable_and_the_agent_is_told(
 
 @needs_sandbox
 def test_only_the_referee_reads_the_sealed_tree(tmp_path, monkeypatch):
+    """... and a small memory cap meant for agent code does not starve the referee."""
     sealed = tmp_path / "lab-sealed"
     sealed.mkdir()
     (sealed / "items.txt").write_text("eval items")
     monkeypatch.setenv("SAELAB_SEALED", str(sealed))
-    tiny_with(tmp_path, {"referee_readable": [{"env": "SAELAB_SEALED", "default": "/nowhere"}]})
+    readable = [{"env": "SAELAB_SEALED", "default": "/nowhere"}]
+    tiny_with(tmp_path, {"referee_readable": readable, "max_memory_gib": 1})
     spec = load_template(tmp_path / "templates" / "tiny")
     code = "import os; print(open(os.environ.get('SAELAB_SEALED', '/x') + '/items.txt').read())"
     seen = {}
@@ -99,9 +101,9 @@ def test_only_the_referee_reads_the_sealed_tree(tmp_path, monkeypatch):
             [sys.executable, "-c", code], spec, cwd=out, writable=out, scratch=tmp_path / "s",
             sealed=referee, log_path=out / "log.txt", timeout=30, live=False,
         )  # fmt: skip
-        seen[referee] = (result.returncode, result.stdout_tail.strip())
-    assert seen[True] == (0, "eval items")
-    assert seen[False][0] != 0
+        seen[referee] = (result.returncode, result.stdout_tail.strip(), result.memory_cap)
+    assert seen[True] == (0, "eval items", max(2**30, default_memory_cap()))
+    assert seen[False][0] != 0 and seen[False][2] == 2**30
 
 
 def test_secrets_printed_by_the_run_are_redacted_and_journaled(
