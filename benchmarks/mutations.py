@@ -69,6 +69,7 @@ WORKSPACE = (
 JUDGE = (T + "trust/test_judge.py",)
 JOURNAL = (T + "test_journal.py",)
 GUARDS = T + "test_guards.py::"
+SEALED = T + "trust/test_sealed.py::"
 REPORT = (T + "report/test_report.py",)
 EVALS = "tests/lab/test_evals.py::"
 LINKS = T + "trust/test_links.py::"
@@ -126,11 +127,16 @@ MUTATIONS = [
     # the referee and the sandbox (2026-12-01)
     Mutation("no_disagreement", "orchestrator/trust/validate.py", "problems = disagreements(result, measured, spec) if measured is not None else []", "problems = []", "a reported number the lab measured differently invalidates the run", (T + "trust/test_referee_loop.py",)),
     Mutation("no_copy_check", "orchestrator/trust/referee.py", "same = [name for name, other in earlier.items() if other == digest]", "same = []", "an artifact identical to an earlier one is not new work", (T + "trust/test_referee_loop.py",)),
-    Mutation("landlock_writes_all", "orchestrator/trust/sandbox.py", 'rules = [(Path("/"), FS_READ)]', 'rules = [(Path("/"), FS_READ | write)]', "agent code writes only its run dir", (T + "trust/test_sandbox.py",)),
+    Mutation("landlock_writes_all", "orchestrator/trust/sandbox.py", "rules += [(path, FS_READ | write) for path in writable]", 'rules += [(Path("/"), FS_READ | write)]', "agent code writes only its run dir", (T + "trust/test_sandbox.py",)),
     Mutation("env_passthrough", "orchestrator/trust/sandbox.py", "env = {name: source[name] for name in names if name in source}", "env = dict(source)", "agent code sees an allow-listed environment", (T + "trust/test_sandbox.py",)),
     Mutation("no_code_check", "orchestrator/trust/judge.py", "    if code_digest(PROJECT) != code:", "    if False:", "a run measured by changed code is not VALID", JUDGE + (T + "trust/test_sandbox.py",)),
     Mutation("no_batch_purity", "saelab/referee.py", '"batch_independent": _batch_independent,', "", "the referee catches an SAE whose code mixes the batch", ("tests/lab/test_referee.py",)),
     Mutation("unpickling_referee", "saelab/referee.py", 'os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"', "pass", "a crafted artifact runs no code in the referee", ("tests/lab/test_referee.py",)),
+    # sealed reads, redaction, memory cap (issue 19)
+    Mutation("reads_everywhere", "orchestrator/trust/sandbox.py", "rules = [(path, FS_READ) for path in readable]", 'rules = [(Path("/"), FS_READ)]', "agent code reads neither the user's files nor the sealed tree", (SEALED + "test_a_credential_in_the_users_home_is_unreadable", SEALED + "test_the_sealed_tree_is_unreadable_and_the_agent_is_told")),
+    Mutation("sealed_for_all", "orchestrator/trust/runner.py", "named = [*spec.readable, *(spec.referee_readable if sealed else [])]", "named = [*spec.readable, *spec.referee_readable]", "only the referee reads the lab's sealed data", (SEALED + "test_only_the_referee_reads_the_sealed_tree",)),
+    Mutation("no_redaction", "orchestrator/trust/redact.py", "        return self.pattern.subn(MARK, data)", "        return data, 0", "secrets in agent output never reach a prompt, the journal or a log", (SEALED + "test_secrets_printed_by_the_run_are_redacted_and_journaled", SEALED + "test_result_file_strings_and_file_names_are_redacted")),
+    Mutation("no_memory_cap", "orchestrator/trust/sandbox.py", "        resource.setrlimit(resource.RLIMIT_DATA, (args.max_memory, args.max_memory))", "        pass", "agent code stops at its memory cap", (SEALED + "test_a_memory_hog_is_stopped_at_its_cap_and_the_loop_goes_on",)),
     # findings and confirmation (issue 21)
     Mutation("rule_ignores_noise", "orchestrator/report/findings.py", "        low, high = self.difference - half, self.difference + half", "        low, high = self.difference, self.difference", "a difference inside both arms' seed noise decides nothing", (T + "report/test_findings.py",)),
     Mutation("no_confirmation", "orchestrator/confirm.py", "    plan = session.journal.confirmation() or _plan_confirmation(session, reason)", "    plan = None", "the best run is confirmed at more seeds", (T + "test_confirm.py::test_kill_during_a_confirmation_run_resumes_it",)),

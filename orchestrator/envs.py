@@ -26,6 +26,7 @@ STARTED_AT = "SCIENTIST_STARTED_AT"  # epoch seconds the command began, set befo
 ENV_SECONDS = "SCIENTIST_ENV_SECONDS"  # seconds spent checking or building the environments
 VENVS = Path(os.environ.get("SCIENTIST_VENVS", REPO / ".venvs"))
 EXTRAS = {"orch": "orch", "lab": "lab"}  # venv name -> pyproject extra
+PACKAGES = ("orchestrator", "saelab")  # what the editable installs map (pyproject packages.find)
 REEXEC_FLAG = "SCIENTIST_IN_ORCH_VENV"
 SUPPORTED_PYTHON = (3, 11)  # the CPU torch wheel on these machines is built for 3.11
 

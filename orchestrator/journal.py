@@ -10,7 +10,8 @@ loop writes, with their fields:
     response  text (the agent's whole reply, analysis included), run_name
     commit    sha, message, files, stats (path -> [lines added, lines deleted])
     revert    files, why
-    run       run_name, attempt, returncode, timed_out, seconds
+    run       run_name, attempt, returncode, timed_out, seconds, redacted (secrets scrubbed
+              from its output before the log, a prompt or this journal saw it)
     setup     seconds, sandbox_missing (protections this machine lacks), network, code (digest)
     verdict   run_name, ok, problems, metrics, sources (metric -> measured | reported),
               artifact (the referee's digest), files (run-dir path -> sha256), commit,
@@ -22,7 +23,8 @@ loop writes, with their fields:
               resume goes on)
     confirm   run_name, commit, seeds, reason (why the agent's runs ended); absent when no run
               is confirmed (confirmation off, no seed_arg, no VALID run)
-    confirm_run      run_name (the seed's directory), of, seed, returncode, timed_out, seconds
+    confirm_run      run_name (the seed's directory), of, seed, returncode, timed_out, seconds,
+                     redacted
     confirm_verdict  as verdict, plus of and seed
     confirm_done     run_name, of, seed, status (as run_done; a seed is never retried)
     compare   cis (key metric -> [low, high]: the lab's paired per-item CI, when it has one)

@@ -16,7 +16,7 @@ from orchestrator.report import noise
 from orchestrator.report.records import EDIT_BLOCK
 from orchestrator.templates import TemplateSpec, expand_command
 from orchestrator.text import render
-from orchestrator.trust import safefs
+from orchestrator.trust.redact import read_json
 from orchestrator.trust.validate import REPORTED, Verdict, validate_run
 
 FACTS_CHARS = 1500  # cap on the top-level facts of final_info.json quoted in prompts
@@ -86,7 +86,10 @@ def failure(
     verdict: Verdict | None,
     result: Any,
 ) -> str:
-    """After a crash, timeout or INVALID verdict: why, and the logs' last lines."""
+    """After a crash, timeout or INVALID verdict: why, the logs' last lines (scrubbed of
+    secrets by the runner), and what the sandbox refused when that is what failed."""
+    tails = result.stderr_tail + result.stdout_tail
+    sealed = "SealedError" in tails or any(str(p) in tails for _, p in spec.referee_readable)
     return render(
         "failure.j2",
         run_name=name,
@@ -98,6 +101,9 @@ def failure(
         stderr=result.stderr_tail.strip(),
         stdout=result.stdout_tail.strip(),
         editable=spec.editable_files,
+        sealed=sealed,
+        denied="PermissionError" in tails or "Permission denied" in tails,
+        memory_cap=result.memory_gib if result.over_memory else None,
     )
 
 
@@ -180,7 +186,7 @@ def _code(line: str) -> str:
 def facts(run_dir: Path, spec: TemplateSpec) -> str:
     """The top-level scalars of a run's result file, as recorded (never the LLM's numbers)."""
     try:
-        data = json.loads(safefs.read_bytes(run_dir / spec.result_file))  # never via a link
+        data = read_json(run_dir / spec.result_file)  # never via a link, secrets scrubbed
     except (OSError, json.JSONDecodeError):
         return ""
     scalars = {k: v for k, v in data.items() if isinstance(v, str | int | float | bool)}

@@ -28,9 +28,7 @@ def execute(
         kind,
         run_name=name,
         **fields,
-        returncode=result.returncode,
-        timed_out=result.timed_out,
-        seconds=round(result.seconds, 3),
+        **result.record(),
     )
     tampered = guard(session, f"{name} (the experiment itself)", run_outputs=True)
     return result, tampered, timeout
@@ -54,6 +52,8 @@ def failed(result: RunResult, timeout: float) -> tuple[str, str]:
         return "timeout", f"killed at the {timeout:.0f} s time limit"
     if result.over_quota:
         return "crashed", result.note
+    if result.over_memory:
+        return "crashed", result.memory_verdict()
     if result.returncode != 0:
         return "crashed", f"exit code {result.returncode}"
     return "", ""

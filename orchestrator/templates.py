@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import envs
+from orchestrator.trust.sandbox import default_memory_cap
 
 TEMPLATE_FILE = "template.json"
 TYPES = ("int", "number", "str", "bool", "object", "list", "null")
@@ -36,6 +37,7 @@ class TemplateError(ValueError):
 
 
 Bad = Callable[[str, str], "TemplateError"]  # (field, fix) -> the error to raise
+EnvDir = tuple[str, Path]  # (the variable that names it, "" for none; the directory)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ class TemplateSpec:
     shared_cache: tuple[str, Path] | None = None  # (env var, dir) the sandbox overlays
     max_run_bytes: int = RUN_BYTES  # a run directory (or one file) past this is killed
     max_workspace_bytes: int = WORKSPACE_BYTES  # past this, no more runs (trust/disk.py)
+    readable: list[EnvDir] = field(default_factory=list)  # more dirs sandboxed code may read
+    referee_readable: list[EnvDir] = field(default_factory=list)  # the lab's sealed data
+    max_memory_bytes: int = field(default_factory=default_memory_cap)  # per sandboxed process
     profile: str = ""  # the one switch its commands share as {profile} (e.g. the lab's budget)
     resources: dict[str, float] = field(default_factory=lambda: dict(RESOURCES))  # Ray's ask
     objective: tuple[str, str] | None = None  # (key metric name, "max"|"min"): the best run
@@ -112,6 +117,7 @@ def load_template(template_dir: Path) -> TemplateSpec:
         return TemplateError(f"{path}: field '{field}' {fix}")
 
     key_metrics = _key_metrics(raw, bad)
+    shared_cache = _shared_cache(raw, bad)
     spec = TemplateSpec(
         root=Path(template_dir).resolve(),
         name=_typed(raw, "name", str, bad),
@@ -131,7 +137,10 @@ def load_template(template_dir: Path) -> TemplateSpec:
         referee=_referee(raw, bad),
         noise=_typed(raw, "noise", str, bad, default=None),
         network=_network(raw, bad),
-        shared_cache=_shared_cache(raw, bad),
+        shared_cache=shared_cache,
+        readable=_readable(raw, "readable", bad, shared_cache),
+        referee_readable=_readable(raw, "referee_readable", bad, shared_cache),
+        max_memory_bytes=_max_memory(raw, bad),
         profile=_typed(raw, "profile", str, bad, default=""),
         max_run_bytes=_bytes(raw, "max_run_bytes", RUN_BYTES, bad),
         max_workspace_bytes=_bytes(raw, "max_workspace_bytes", WORKSPACE_BYTES, bad),
@@ -277,16 +286,49 @@ def _network(raw: dict, bad: Bad) -> bool:
     return value
 
 
-def _shared_cache(raw: dict, bad: Bad) -> tuple[str, Path] | None:
+def _shared_cache(raw: dict, bad: Bad) -> EnvDir | None:
     """The lab cache agent code reads: {"env": "SAELAB_CACHE", "default": "~/.cache/saelab"}."""
     block = (raw.get("sandbox") or {}).get("shared_cache")
     if block is None:
         return None
-    if not isinstance(block, dict) or not all(
-        isinstance(block.get(k), str) for k in ("env", "default")
-    ):
+    if not isinstance(block, dict):
         raise bad("sandbox.shared_cache", 'must be {"env": "<VAR>", "default": "<dir>"}')
-    return block["env"], Path(os.environ.get(block["env"]) or block["default"]).expanduser()
+    return _env_dir(block, "sandbox.shared_cache", bad, None)
+
+
+def _readable(raw: dict, name: str, bad: Bad, shared: EnvDir | None) -> list[EnvDir]:
+    """Dirs the sandbox adds to its read allow-list: each a path or {"env": "<VAR>", "default":
+    "<dir>"}, where "{shared_cache}" in a default is the shared cache's root."""
+    items = (raw.get("sandbox") or {}).get(name) or []
+    if not isinstance(items, list):
+        raise bad(f"sandbox.{name}", 'must be a list of paths or {"env", "default"} objects')
+    root = str(shared[1]) if shared else ""
+    return [_env_dir(item, f"sandbox.{name}[{i}]", bad, root) for i, item in enumerate(items)]
+
+
+def _env_dir(item: Any, where: str, bad: Bad, shared_root: str | None) -> EnvDir:
+    """("", path) for a path; (VAR, $VAR or its default) for {"env": VAR, "default": dir}."""
+    if isinstance(item, str) and shared_root is not None:
+        variable, path = "", item
+    elif isinstance(item, dict) and all(isinstance(item.get(k), str) for k in ("env", "default")):
+        default = item["default"].replace("{shared_cache}", shared_root or "")
+        variable, path = item["env"], os.environ.get(item["env"]) or default
+    else:
+        raise bad(where, 'must be a path or {"env": "<VAR>", "default": "<dir>"}')
+    if not Path(path).expanduser().is_absolute():
+        raise bad(where, f"names {path!r}; use an absolute path (or one that starts with ~)")
+    return variable, Path(path).expanduser()
+
+
+def _max_memory(raw: dict, bad: Bad) -> int:
+    """sandbox.max_memory_gib: what each sandboxed process may allocate (default: a share of
+    physical memory that leaves the orchestrator and the OS room)."""
+    gib = _typed(raw.get("sandbox") or {}, "max_memory_gib", (int, float), bad, default=None)
+    if gib is None:
+        return default_memory_cap()
+    if not math.isfinite(gib) or gib <= 0:
+        raise bad("sandbox.max_memory_gib", f"must be a positive number of GiB, not {gib!r}")
+    return int(gib * 2**30)
 
 
 def _resources(raw: dict, bad: Bad) -> dict[str, float]:

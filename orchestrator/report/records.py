@@ -16,8 +16,8 @@ from typing import Any
 
 from orchestrator.journal import Attempt, Journal
 from orchestrator.templates import TemplateSpec
+from orchestrator.trust.redact import run_files
 from orchestrator.trust.validate import validate_run
-from orchestrator.trust.workspace import file_digests
 
 LABELS = {"ok": "VALID", "invalid": "INVALID", "crashed": "CRASHED", "timeout": "TIMEOUT"}
 
@@ -124,7 +124,7 @@ def _changed_files(run_dir: Path, verdict: dict) -> list[str]:
     recorded = verdict.get("files")
     if recorded is None:  # a journal from before verdicts recorded digests
         return []
-    now = file_digests(run_dir)
+    now = run_files(run_dir)
     return sorted(p for p in {*recorded, *now} if recorded.get(p) != now.get(p))
 
 

@@ -14,8 +14,8 @@ from typing import Any
 from orchestrator.templates import TemplateSpec
 from orchestrator.trust import referee, safefs
 from orchestrator.trust.code import PROJECT, code_digest
+from orchestrator.trust.redact import run_files
 from orchestrator.trust.validate import Verdict, validate_run
-from orchestrator.trust.workspace import file_digests
 
 
 def judge(
@@ -71,7 +71,7 @@ def record(workspace: Path, spec: TemplateSpec, run_name: str, verdict: Verdict)
         "metrics": verdict.metrics,
         "sources": verdict.sources,
         "artifact": referee.artifact_digest(run_dir, spec) if spec.referee else None,
-        "files": file_digests(run_dir),
+        "files": run_files(run_dir),
         "referee_seconds": verdict.referee_seconds,  # the closing table's referee phase
     }
 

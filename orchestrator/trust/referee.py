@@ -62,6 +62,8 @@ def _run(
         cwd=out_dir,  # not the workspace: nothing there is on the referee's import path
         writable=out_dir,
         scratch=scratch,
+        reads=(workspace,),
+        sealed=True,  # the lab's evaluation data, which agent code never reads
         log_path=run_dir / LOG_FILE,
         timeout=spec.referee.timeout_seconds,
         live=live,

@@ -9,7 +9,8 @@
 - otherwise an environment without LLM credentials;
 - stdout and stderr streamed into log.txt with bounded memory: only ring-buffer tails stay in
   memory and the log keeps its first and last LOG_LIMIT_BYTES / 2, so a run that prints
-  gigabytes costs neither RAM nor disk;
+  gigabytes costs neither RAM nor disk; the log and the tails are scrubbed of secrets
+  (trust/redact.py) before anything reads them;
 - a live rich view (elapsed time + last log lines) on a terminal, plain lines otherwise.
 """
 
@@ -39,10 +40,18 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
+from orchestrator import envs
 from orchestrator.console import console as default_console
-from orchestrator.templates import TemplateSpec, expand_command
+from orchestrator.templates import TemplateSpec, expand_command, resolve_python
 from orchestrator.trust import disk, safefs
-from orchestrator.trust.sandbox import Box, dies_with_parent, sandbox_env
+from orchestrator.trust.redact import Redactor
+from orchestrator.trust.sandbox import (
+    Box,
+    default_memory_cap,
+    dies_with_parent,
+    interpreter_dirs,
+    sandbox_env,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +78,11 @@ PID_FILE = ".runner.pgid"  # in a run dir while its command runs; lets a resume 
 SCRATCH = ".scratch"  # in a workspace: private temp dirs and the lab cache overlay's writes
 QUOTA_EVERY = 1.0  # seconds between two measurements of a sandboxed run directory's size
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+# how a failed allocation reads under RLIMIT_DATA: Python, numpy, torch's CPU allocator, C++
+OUT_OF_MEMORY = (
+    "MemoryError", "Cannot allocate memory", "can't allocate memory", "Unable to allocate",
+    "std::bad_alloc",
+)  # fmt: skip
 
 
 @dataclass
@@ -82,10 +96,31 @@ class RunResult:
     pgid: int | None = None  # the process group the command ran in
     over_quota: bool = False  # killed because its run directory passed the size cap
     note: str = ""  # over quota: what was killed and which files were removed (trust/disk.py)
+    redacted: int = 0  # secrets scrubbed from its output
+    memory_cap: int | None = None  # bytes each of its processes could allocate (sandboxed)
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out and not self.over_quota
+
+    @property
+    def over_memory(self) -> bool:
+        """It failed because an allocation hit its memory cap."""
+        failed = self.returncode not in (0, None) and not self.timed_out
+        tails = self.stdout_tail + self.stderr_tail
+        return bool(self.memory_cap) and failed and any(s in tails for s in OUT_OF_MEMORY)
+
+    @property
+    def memory_gib(self) -> str:
+        return f"{(self.memory_cap or 0) / 2**30:.3g} GiB"
+
+    def memory_verdict(self) -> str:
+        return f"killed: over its memory cap of {self.memory_gib}"
+
+    def record(self) -> dict[str, Any]:
+        """What the journal keeps of the run."""
+        keep = {"returncode": self.returncode, "timed_out": self.timed_out}
+        return keep | {"seconds": round(self.seconds, 3), "redacted": self.redacted}
 
 
 def scrubbed_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -133,11 +168,15 @@ def run_sandboxed(
     cwd: Path,
     writable: Path,
     scratch: Path | None = None,
+    reads: tuple[Path, ...] = (),
+    sealed: bool = False,
     **kwargs: Any,
 ) -> RunResult:
     """`cmd` (agent or lab code) in the sandbox: `writable` and a private temp dir are all it
     may write; the lab cache reads through an overlay whose writes go under `scratch`
-    (default: the workspace's own scratch dir, shared by its runs, never by the referee)."""
+    (default: the workspace's own scratch dir, shared by its runs, never by the referee).
+    It reads `cwd`, `reads`, the template's readable dirs and, `sealed` (the referee), the
+    lab's sealed data; besides those only system files, the interpreters and the project."""
     scratch = scratch or cwd / SCRATCH
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="home-", dir=scratch) as home:
@@ -148,10 +187,24 @@ def run_sandboxed(
             env[variable] = str(root)
             root.mkdir(parents=True, exist_ok=True)
             cache = (root, scratch / "cache")
-        box = Box([Path(writable), Path(home)], spec.network, cache, spec.max_run_bytes)
-        return run_command(
-            box.wrap(cmd), cwd=cwd, env=env, quota=(Path(writable), box.max_bytes), **kwargs
+        named = [*spec.readable, *(spec.referee_readable if sealed else [])]
+        env |= {variable: str(path) for variable, path in named if variable}
+        readable = [cwd, *reads, *_code_dirs(spec), *(path for _, path in named)]
+        # the referee (lab code) needs more than a small template cap: 4 GiB was too little
+        # for the cpu profile's evals (measured); it never gets less than the default
+        memory = max(spec.max_memory_bytes, default_memory_cap() if sealed else 0)
+        box = Box(
+            [Path(writable), Path(home)], spec.network, cache, spec.max_run_bytes, readable, memory
         )
+        quota = (Path(writable), box.max_bytes)
+        return run_command(
+            box.wrap(cmd), cwd=cwd, env=env, quota=quota, memory_cap=box.max_memory, **kwargs
+        )
+
+
+def _code_dirs(spec: TemplateSpec) -> list[Path]:
+    """The template's interpreter (its venv and base installation) and the project's code."""
+    return [*interpreter_dirs(resolve_python(spec)), *(envs.REPO / p for p in envs.PACKAGES)]
 
 
 def run_command(
@@ -168,12 +221,15 @@ def run_command(
     pid_file: Path | None = None,
     console: Console | None = None,
     quota: tuple[Path, int] | None = None,
+    memory_cap: int | None = None,
 ) -> RunResult:
     """Run `cmd` in its own process group with a scrubbed `env` (default: os.environ), stream
     its output to `log_path`, and kill the whole group at `timeout` seconds, on Ctrl-C, or when
-    the directory of `quota` (dir, bytes) grows past its bytes."""
+    the directory of `quota` (dir, bytes) grows past its bytes. `memory_cap`: the bytes the
+    sandbox let each process allocate, for the verdict on a run that ran out."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    sink = _CappedLog(log_path, log_limit_bytes // 2)
+    redactor = Redactor.from_environ()
+    sink = _CappedLog(log_path, log_limit_bytes // 2, redactor)
     sink.write(f"$ {shlex.join(cmd)}\n".encode())
     view = _View(console or default_console, title or cmd[0], timeout, log_path, live)
     start = time.monotonic()
@@ -202,10 +258,12 @@ def run_command(
         ended == "timeout",
         seconds,
         log_path,
-        tails[0].text(),
-        tails[1].text(),
+        _clean_tail(tails[0], redactor),
+        _clean_tail(tails[1], redactor),
         proc.pid,
         over_quota=ended == "quota",
+        redacted=sink.redacted,
+        memory_cap=memory_cap,
     )
     view.report(result)
     return result
@@ -397,24 +455,35 @@ class _Ring:
         self._trim()
         return memoryview(self._buf)
 
-    def text(self) -> str:
-        return self.value().tobytes().decode("utf-8", errors="replace")
+
+def _clean_tail(ring: _Ring, redactor: Redactor) -> str:
+    """A stream's tail without secrets; a first line the ring cut is dropped, since a secret
+    cut in two is no longer recognisable."""
+    data = ring.value().tobytes()
+    if ring.dropped and b"\n" in data:
+        data = data.split(b"\n", 1)[1]
+    return redactor.scrub(data)[0].decode("utf-8", errors="replace")
 
 
 class _CappedLog:
     """log.txt holding the first `half` bytes (written as they come) and the last `half`
-    (kept in memory, written at close) with a note of what was cut in between."""
+    (kept in memory, written at close) with a note of what was cut in between; whatever is
+    written is scrubbed of secrets first (callers write whole lines, so no secret is split)."""
 
-    def __init__(self, path: Path, half: int):
+    def __init__(self, path: Path, half: int, redactor: Redactor):
         self._file = safefs.open_write(path.parent, path.name)  # a run dir's: never via a link
         self._room = half
         self._tail = _Ring(half)
         self._lock = threading.Lock()
+        self._redactor = redactor
+        self.redacted = 0  # secrets replaced
 
     def write(self, data: bytes) -> None:
         with self._lock:
             if self._file.closed:  # a straggler that outlived the run's pipes: nothing to keep
                 return
+            data, count = self._redactor.scrub(data)
+            self.redacted += count
             if self._room > 0:
                 head, data = data[: self._room], data[self._room :]
                 self._file.write(head)
@@ -497,6 +566,8 @@ class _View:
             status = "timed out"
         elif result.over_quota:
             status = "killed: run directory over its size cap"
+        elif result.over_memory:
+            status = result.memory_verdict()
         else:
             status = "ok" if result.ok else f"failed (exit {result.returncode})"
         text = f"{self.title}: {status} after {result.seconds:.1f} s, log {result.log_path}"

@@ -165,3 +165,10 @@ def _kind_at(target: str | Path, dir_fd: int | None) -> str | None:
         return kind(os.stat(target, dir_fd=dir_fd, follow_symlinks=False))
     except OSError:
         return None
+
+
+def file_digests(directory: Path) -> dict[str, str]:
+    """sha256 of every plain file under `directory` (relative posix path -> hex digest); links,
+    FIFOs and devices are skipped, never followed or opened."""
+    root = Path(directory)
+    return {path: sha256(root / path) for path in regular_files(root)}

@@ -11,9 +11,12 @@ Two kernel features, no root and nothing to install (Linux):
   up (unless the template opts in), and a mount namespace in which the lab cache is an overlay:
   reads come from the shared cache, writes land in a workspace-local scratch dir, so a run that
   builds an activation cache of its own never touches the cache the referee trusts;
-- Landlock (applied by this module's `main`, run as the namespace's first process): read
-  everywhere, write only the given dirs, no TCP bind/connect, no signals or abstract sockets
-  outside the sandbox (ABI 6+).
+- Landlock (applied by this module's `main`, run as the namespace's first process): read only
+  an allow-list (system files, the interpreters, the project's code, the dirs the caller names:
+  never the user's home or the lab's sealed evaluation data unless named), write only the
+  given dirs, no TCP bind/connect, no signals or abstract sockets outside the sandbox (ABI 6+);
+- a memory cap (RLIMIT_DATA: torch reserves far more address space than it touches, so
+  RLIMIT_AS would stop it at import) per process.
 Measured here (kernel 6.18, Landlock ABI 7): the wrapper costs ~0.1 s a run. `probe()` says
 which protections this machine offers; the runner journals it and the console says what is
 missing (macOS, an old kernel, a container that forbids user namespaces).
@@ -47,6 +50,13 @@ FS_WRITE_BY_ABI = {1: FS_WRITE_FILE | sum(1 << b for b in range(4, 13)), 2: 1 <<
 NET_BIND_TCP, NET_CONNECT_TCP = 1, 2
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1, 2
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+GPU_DEVICES = "nvidia*"  # under /dev; CUDA opens them read-write (not measured here: no GPU)
+# read by any interpreter and its libraries (ld.so, libc, locales, certificates, CPU topology);
+# /proc is the PID namespace's own: the run's processes alone
+SYSTEM_READS = (
+    "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/proc", "/sys",
+)  # fmt: skip
+MEMORY_HEADROOM = 4 * 2**30  # what the default memory cap leaves the orchestrator and the OS
 
 SANDBOX_ENV = (  # what agent code may see of the orchestrator's environment
     "PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE",
@@ -67,7 +77,10 @@ class Protections:
     def missing(self) -> list[str]:
         gaps = []
         if self.landlock_abi < 1:
-            gaps.append("Landlock (agent code can write outside its run directory)")
+            gaps.append(
+                "Landlock (agent code can write outside its run directory and read everywhere: "
+                "the user's files and the lab's sealed evaluation data)"
+            )
         elif self.landlock_abi < 6:
             gaps.append(f"Landlock ABI {self.landlock_abi} < 6 (no signal scoping)")
         if not self.namespaces:
@@ -140,6 +153,25 @@ def sandbox_env(home: Path, network: bool, base: dict[str, str] | None = None) -
     return env | private | {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
+def default_memory_cap() -> int:
+    """Bytes agent code may allocate when the template names no cap: 60% of physical memory,
+    leaving the orchestrator and the OS MEMORY_HEADROOM (half the memory on a small machine)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(max(min(0.6 * total, total - MEMORY_HEADROOM), total / 2))
+
+
+def interpreter_dirs(python: str) -> list[Path]:
+    """What running `python` reads: its venv (unresolved: a venv's python may be a link) and
+    the installation the venv was made from (pyvenv.cfg's `home`, e.g. under ~/.pyenv)."""
+    venv = Path(python).absolute().parent.parent
+    config = venv / "pyvenv.cfg"
+    lines = config.read_text().splitlines() if config.is_file() else []
+    homes = [line.split("=", 1)[1].strip() for line in lines if line.startswith("home")]
+    if not homes:  # not a venv: the installation the interpreter lives in
+        return [Path(os.path.realpath(python)).parent.parent]
+    return [venv, Path(homes[0]).resolve().parent]
+
+
 @dataclass(frozen=True)
 class Box:
     """One sandboxed command's rules."""
@@ -148,6 +180,8 @@ class Box:
     network: bool = False
     cache: tuple[Path, Path] | None = None  # (shared cache root, scratch dir for its writes)
     max_bytes: int = 8 * 2**30  # the run dir (and any one file) may not grow past this
+    readable: list[Path] = field(default_factory=list)  # besides system files and interpreter
+    max_memory: int | None = None  # bytes each process may allocate (RLIMIT_DATA)
     protections: Protections = field(default_factory=probe)
 
     def wrap(self, command: list[str]) -> list[str]:
@@ -157,6 +191,10 @@ class Box:
         inner.append(str(self.max_bytes))
         for path in self.writable:
             inner += ["--write", str(path)]
+        for path in [*SYSTEM_READS, *interpreter_dirs(sys.executable), *self.readable]:
+            inner += ["--read", str(path)]
+        if self.max_memory:
+            inner += ["--max-memory", str(self.max_memory)]
         if self.protections.landlock_abi < 1:
             inner.append("--no-landlock")
         if self.network:
@@ -176,6 +214,8 @@ class Box:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="apply the sandbox, then run a command")
     parser.add_argument("--write", action="append", default=[], type=Path)
+    parser.add_argument("--read", action="append", default=[], type=Path)
+    parser.add_argument("--max-memory", type=int, default=None, help="bytes (RLIMIT_DATA)")
     parser.add_argument("--overlay", default=None, help="SHARED:SCRATCH")
     parser.add_argument("--max-bytes", type=int, required=True)
     parser.add_argument("--network", action="store_true")
@@ -189,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         _mount_overlay(shared, scratch)
         writable.append(shared)
     resource.setrlimit(resource.RLIMIT_FSIZE, (args.max_bytes, args.max_bytes))
+    if args.max_memory:
+        resource.setrlimit(resource.RLIMIT_DATA, (args.max_memory, args.max_memory))
     if not args.no_landlock:
-        _landlock(writable, network=args.network)
+        _landlock(args.read, writable, network=args.network)
     return _init(command)
 
 
@@ -218,7 +260,7 @@ class _NetPort(ctypes.Structure):
     _fields_ = [("allowed", ctypes.c_uint64), ("port", ctypes.c_uint64)]
 
 
-def _landlock(writable: list[Path], network: bool) -> None:
+def _landlock(readable: list[Path], writable: list[Path], network: bool) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     abi = _landlock_abi()
     write = sum(bits for version, bits in FS_WRITE_BY_ABI.items() if version <= abi)
@@ -230,10 +272,15 @@ def _landlock(writable: list[Path], network: bool) -> None:
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
     file_write = FS_WRITE_FILE | (FS_WRITE_BY_ABI[3] if abi >= 3 else 0)
-    rules = [(Path("/"), FS_READ)]
-    rules += [(Path(d), FS_READ_FILE | file_write) for d in DEVICES if Path(d).exists()]
-    rules += [(Path(d), FS_READ | write) for d in writable]
+    devices = [Path(d) for d in DEVICES] + sorted(Path("/dev").glob(GPU_DEVICES))
+    rules = [(path, FS_READ) for path in readable]
+    rules += [(path, FS_READ_FILE | file_write) for path in devices]
+    rules += [(path, FS_READ | write) for path in writable]
     for path, allowed in rules:
+        if not path.exists():  # e.g. /lib32, or a cache not built yet
+            continue
+        if not path.is_dir():  # a file takes file rights only (EINVAL otherwise)
+            allowed &= FS_EXECUTE | FS_READ_FILE | file_write
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         rule = _PathBeneath(allowed, fd)
         if libc.syscall(SYS_ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(rule), 0) != 0:

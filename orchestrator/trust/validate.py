@@ -21,6 +21,7 @@ from typing import Any
 
 from orchestrator.templates import RefereeSpec, Rule, TemplateSpec
 from orchestrator.trust import safefs
+from orchestrator.trust.redact import read_json
 
 MEASURED, REPORTED = "measured", "reported"
 
@@ -148,7 +149,7 @@ def _read(path: Path, why_missing: str) -> Mapping | str:
     """The JSON object in `path`, or the problem with it as one line."""
     where = f"{path.parent.name}/{path.name}"
     try:
-        result = json.loads(safefs.read_bytes(path))  # a run dir's: never through a link
+        result = read_json(path)  # a run dir's: never through a link, secrets scrubbed
     except FileNotFoundError:
         return f"{where}: missing; {why_missing}"
     except safefs.Planted as err:

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import git
 
-from orchestrator.trust import safefs
-
 MANIFEST = Path(".git") / "scientist" / "manifest.json"
 JOURNAL = "journal.jsonl"
 # Outputs the orchestrator itself writes; never counted as "added" by the agent.
@@ -216,10 +214,3 @@ def _tracked(repo: git.Repo, path: str) -> bool:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def file_digests(directory: Path) -> dict[str, str]:
-    """sha256 of every plain file under `directory` (relative posix path -> hex digest); links,
-    FIFOs and devices are skipped, never followed or opened (trust/safefs)."""
-    root = Path(directory)
-    return {path: safefs.sha256(root / path) for path in safefs.regular_files(root)}

@@ -4,6 +4,7 @@ prefixed `core_` belong to the tests of templates / runner / validate / journal 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,14 @@ def argv(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return []
+
+
+def flag_readable(source: Path, templates: Path, flag: Path) -> Path:
+    """A copy of the templates dir `source` at `templates` whose tiny template lets the sandbox
+    read `flag`'s directory: a test's sleep flag (reads outside the workspace are sealed)."""
+    shutil.copytree(source, templates)
+    spec = templates / "tiny" / "template.json"
+    raw = json.loads(spec.read_text())
+    raw["sandbox"] = raw.get("sandbox", {}) | {"readable": [str(flag.parent)]}
+    spec.write_text(json.dumps(raw))
+    return templates

@@ -19,7 +19,7 @@ from orchestrator.journal import Journal
 from orchestrator.report import noise, summary
 from orchestrator.templates import load_template
 from tests.orchestrator.helpers import IDEAS as IDEAS_DIR
-from tests.orchestrator.helpers import REPO, TEMPLATES, wait_for
+from tests.orchestrator.helpers import REPO, TEMPLATES, flag_readable, wait_for
 
 IDEAS = ("tiny_lr", "tiny_fast", "tiny_crash")
 BATCH = ("--max-runs", "1", "--max-iters", "2")
@@ -106,9 +106,11 @@ def _batch_pids(home: Path) -> list[int]:
 def test_killed_driver_resumes_the_batch(tmp_path, launch_args, reply):
     # tiny_lr's run sleeps while the flag file says so: the driver is killed during it, and
     # the flag is emptied before the same command runs again
-    results, ideas, flag = tmp_path / "results", tmp_path / "ideas", tmp_path / "sleep.flag"
+    results, ideas, flag = tmp_path / "results", tmp_path / "ideas", tmp_path / "flag/sleep.flag"
     shutil.copytree(IDEAS_DIR, ideas)
+    flag.parent.mkdir()
     flag.write_text("60")
+    templates = flag_readable(TEMPLATES, tmp_path / "templates", flag)
     lines = {x.split(" = ")[0]: x for x in EXPERIMENT.read_text().splitlines() if " = " in x}
     slow = f'sleep_seconds = float(__import__("pathlib").Path({str(flag)!r}).read_text() or 0)'
     edits = [("experiment.py", lines["sleep_seconds"], slow)]
@@ -117,7 +119,7 @@ def test_killed_driver_resumes_the_batch(tmp_path, launch_args, reply):
     (ideas / "playbooks/tiny_lr.json").write_text(json.dumps(playbook))
     command = launch_args(
         "--ideas", "tiny_fast,tiny_lr", *BATCH, "--workers", "1", "--ideas-dir", str(ideas)
-    )
+    ) + ["--template-dir", str(templates)]  # the last one given wins
     with open(tmp_path / "first.log", "w") as log:
         driver = subprocess.Popen(
             command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -17,7 +17,16 @@ from orchestrator.ideas import load_idea
 from orchestrator.journal import Journal
 from orchestrator.report import findings, noise
 from orchestrator.templates import load_template
-from tests.orchestrator.helpers import IDEAS, REPO, TEMPLATES, kinds, knob, statuses, wait_for
+from tests.orchestrator.helpers import (
+    IDEAS,
+    REPO,
+    TEMPLATES,
+    flag_readable,
+    kinds,
+    knob,
+    statuses,
+    wait_for,
+)
 
 SEEDS = [0, 1, 2]
 EDITS = {  # what the experiment's source says -> what the seedable variant says
@@ -126,9 +135,10 @@ def test_without_confirmation_the_notes_say_so(run_loop, reply, seedable):
 
 
 def test_kill_during_a_confirmation_run_resumes_it(tmp_path, scripted, reply, seedable):
-    templates, ideas = seedable
-    flag = tmp_path / "sleep.flag"
+    flag = tmp_path / "flag" / "sleep.flag"
+    flag.parent.mkdir()
     flag.write_text("60")  # only the first launch's seed-2 run hangs
+    templates, ideas = flag_readable(seedable[0], tmp_path / "templates", flag), seedable[1]
     hang = (
         f'float(__import__("pathlib").Path({str(flag)!r}).read_text() or 0) '
         'if "--seed=2" in __import__("sys").argv else 0.0'

@@ -25,6 +25,7 @@ from tests.orchestrator.helpers import (
     alive,
     argv,
     descendants,
+    flag_readable,
     kinds,
     knob,
     set_knob,
@@ -214,16 +215,13 @@ def test_no_llm_configured_runs_the_playbook_loudly(run_loop):
     assert kinds(ws, "start")[0]["llm_source"].startswith("playbook")
 
 
-def _slow_referee(templates: Path, flag: Path) -> Path:
-    """A copy of the tiny template whose referee says so, then sleeps on run_1 while `flag`
-    says so."""
-    shutil.copytree(TEMPLATES, templates)
+def _slow_referee(templates: Path, flag: Path) -> None:
+    """The tiny template's referee says so, then sleeps on run_1 while `flag` says so."""
     referee = templates / "tiny" / "referee.py"
     nap = f"float(Path({str(flag)!r}).read_text() or 0) if run_dir.name == 'run_1' else 0"
     nap = f'print("referee: sleeping", flush=True)\ntime.sleep({nap})'
     code = referee.read_text().replace("import sys\n", "import sys\nimport time\n")
     referee.write_text(code.replace("w = np.load(", f"{nap}\nw = np.load(", 1))
-    return templates
 
 
 # phase -> (the script that sleeps, its log in run_1/, the line it writes before it sleeps)
@@ -240,14 +238,16 @@ def test_sigkill_leaves_no_process_and_the_same_command_resumes(
     # The run (or its referee) sleeps while the flag file says so; the orchestrator is killed
     # then, and the flag is emptied before the same command runs again. (A file, not an
     # environment variable: the sandbox passes agent and lab code an allow-listed environment.)
-    flag = tmp_path / "sleep.flag"
+    flag = tmp_path / "flag" / "sleep.flag"
+    flag.parent.mkdir()
     flag.write_text("60")
-    edits, templates = [knob("steps", "300")], TEMPLATES
+    edits = [knob("steps", "300")]
+    templates = flag_readable(TEMPLATES, tmp_path / "templates", flag)
     if phase == "run":
         slow = f'float(__import__("pathlib").Path({str(flag)!r}).read_text() or 0)'
         edits.append(knob("sleep_seconds", slow))
     else:
-        templates = _slow_referee(tmp_path / "templates", flag)
+        _slow_referee(templates, flag)
     server = scripted([reply("Sleep when asked.", *edits)])
     model = ("--model", "openai/scripted", "--api-base", server.url)
     launch = launch_args("--idea", "tiny_lr", *model, "--max-runs", "1")
@@ -371,7 +371,6 @@ def test_setup_runs_first_and_the_phase_table_adds_up(run_loop, reply, capfd):
 
 
 def test_failing_setup_is_one_line_and_creates_no_workspace(tmp_path, run_loop, reply):
-    import shutil
 
     from orchestrator import session
 

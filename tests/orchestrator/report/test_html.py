@@ -19,7 +19,7 @@ from orchestrator.journal import Journal
 from orchestrator.report import html, summary
 from orchestrator.report.notes import write_notes
 from orchestrator.report.plots import make_plots
-from orchestrator.trust.workspace import file_digests
+from orchestrator.trust.safefs import file_digests
 from tests.orchestrator.helpers import REPO, core_result, core_spec, core_write_run, set_knob
 
 IDEA = {"Name": "toy", "Title": "Toy idea", "Experiment": "Train the toy model longer."}
@@ -307,7 +307,7 @@ out.write_text(json.dumps({"referee": record}))
 def test_the_referees_dashboards_reach_the_run_dir_and_the_page(workspace, tmp_path):
     from orchestrator.trust import referee
 
-    panels = tmp_path / "panels.json"
+    panels = workspace / "panels.json"  # the referee reads the workspace, not the rest of /tmp
     panels.write_text(json.dumps(dashboards_json() | {"rule": "copied by the loop"}))
     command = ["{python}", "-c", FAKE_REFEREE, "{run_dir}", "{out_file}", str(panels)]
     spec = core_spec(tmp_path / "faked", referee={"command": command})

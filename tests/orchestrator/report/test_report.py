@@ -16,7 +16,7 @@ from orchestrator.report.plots import effect_sizes, make_plots
 from orchestrator.report.records import claims_success, collect_runs, without_edit_blocks
 from orchestrator.report.story import run_note
 from orchestrator.trust import sandbox
-from orchestrator.trust.workspace import file_digests
+from orchestrator.trust.safefs import file_digests
 from tests.orchestrator.helpers import core_result, core_spec, core_write_run
 
 IDEA = {"Name": "toy", "Title": "Toy idea", "Experiment": "Train the toy model longer."}

@@ -99,10 +99,8 @@ def test_each_rule_passes_on_its_edge(spec, rule):
 
 # What a broken SAE run looks like, by the last part of the metric's path; each must be invalid.
 FAILURE_MODES = [
-    ("training_steps", 0, "no optimizer step ran"),
-    ("tokens_seen", 1000, "a token budget too small to train"),
     ("final_loss", math.inf, "training diverged"),
-    ("decoder_init_cosine", 0.98, "latents left at their random init (issue 11's old run_0)"),
+    ("variance_ratio", 1.18, "latents left near their random init (issue 19's lying run)"),
     ("explained_variance", -0.2, "worse than the mean activation"),
     ("explained_variance", 0.3, "misses most of the residual stream"),
     ("l0", 0.0, "no latent fires"),
@@ -125,3 +123,15 @@ def test_broken_sae_runs_fail_the_temporal_sae_rules(leaf, value, why):
     (path,) = {r.metric for r in spec.rules if r.metric.split(".")[-1] == leaf}
     verdict = validate_result(set_path(baseline(spec), path, value), spec)
     assert any(p.startswith(f"{path} = ") for p in verdict.problems), f"{why}: passed"
+
+
+def test_no_reported_number_decides_temporal_sae_validity():
+    """Issue 19: the experiment writes final_info.json, so a rule on one of its numbers can be
+    passed by writing that number. Every temporal_sae rule reads what the referee measured,
+    except final_loss's, which only names a diverged run that the measured rules (EV, L0, the
+    learning ratio) refuse anyway."""
+    spec = SPECS[0]
+    measured = json.loads((spec.root / spec.baseline_run / spec.referee.result_file).read_text())
+    reported = {r.metric for r in spec.rules if r.metric.split(".")[0] not in measured}
+    assert reported == {"final_loss"}
+    assert "referee.learning.variance_ratio" in {r.metric for r in spec.rules}
