@@ -63,7 +63,7 @@ class Config:
     # tokens need dead latents revived faster (docs/recipes.md: fewer dead at 0.25)
     dead_tokens: int = 65_536  # unfired this many tokens = dead (16 steps); Gao: 10M
     # train
-    train_tokens: int = 2_500_000  # tokens seen in training; ~9 epochs over the cache
+    train_tokens: int = 2_500_000  # tokens seen in training; ~2.4 epochs over the cpu cache
     batch_size: int = 32  # sequences per optimizer step: 4,096 tokens (Bussmann et al. 2024)
     learning_rate: float = 2e-3  # Adam peak; 2e-4 left latents at their init (docs/recipes.md)
     warmup_steps: int = 20  # linear warm-up from 0 to learning_rate
