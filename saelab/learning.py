@@ -12,9 +12,9 @@ random unit directions the lab draws (a random basis of the same shape, fixed se
     live_fraction    the live latents' share of the dictionary (what the median is over)
 
 Measured on the cpu profile (docs/recipes.md, "Learning, measured"): 0.99 at a random init,
-1.18 for the 100-step lr 2e-4 lie, 2.79 for the tiny budget's 96 steps; template.json's
-learning rule reads variance_ratio (>= 1.5). A decoder the artifact's code cannot run on a
-one-hot code measures 0.0, as a failed purity check does.
+1.18 for the 100-step lr 2e-4 lie, 2.79 for the tiny budget's 96 steps, 2.05-2.19 for run_0 at
+3 seeds; template.json's learning rule reads variance_ratio (>= 1.5). A decoder the artifact's
+code cannot run on a one-hot code measures 0.0, as a failed purity check does.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from saelab.artifact import ExportedSAE
 SEED = 20_261_204  # the random basis: one for every run; not 0-2, which experiments seed inits with
 TOKENS = 8192  # held-out tokens measured on (the core eval's 64 sequences of 128)
 CHUNK = 256  # one-hot codes decoded per call
-# Provisional: 1.18 for the lying run (100 steps at lr 2e-4), 2.79 for a tiny-budget SAE that
-# trained, ~1.0 at init. It becomes template.json's learning rule once run_0's recipe at 3 seeds
-# and the old 0.9M-token default are measured (make baseline regenerates run_0 with it).
+# temporal_sae's learning rule (template.json): ~1.0 at init, 1.18 for the lying run, 2.05-2.19
+# for run_0's three seeds (docs/recipes.md, "Learning, measured")
 LEARNED_RATIO = 1.5
 
 

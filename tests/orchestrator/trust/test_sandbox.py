@@ -128,15 +128,21 @@ def test_no_network(run_loop, reply):
 def test_the_parents_environment_is_out_of_reach(run_loop, reply, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-secret-in-the-orchestrator")
     monkeypatch.setenv("SOME_OTHER_TOKEN", "tok-secret-too")
+    monkeypatch.setenv("ORCHESTRATOR_ONLY_SETTING", "not-for-agent-code")  # no secret's name
     code = (
-        "import os, glob\n"
+        "import os, glob, pathlib\n"
         "seen = [open(p, 'rb').read() for p in glob.glob('/proc/*/environ')]\n"
-        "print('ENV', dict(os.environ), b''.join(seen), os.getppid())"
+        "print('ENV', dict(os.environ), b''.join(seen), os.getppid())\n"
+        # a file in its run dir is not scrubbed on the way out: what it holds is what it saw
+        "env = repr(dict(os.environ)).encode() + b''.join(seen)\n"
+        "pathlib.Path('run_1/env.txt').write_bytes(env)"
     )
     ws = one_run(run_loop, [attack(reply, code)])
     log = (ws / "run_1" / "log.txt").read_text()
     assert "ENV" in log  # the probe ran
-    assert "sk-secret" not in log and "tok-secret" not in log
+    seen = (ws / "run_1" / "env.txt").read_text(errors="replace") + log
+    assert "sk-secret" not in seen and "tok-secret" not in seen
+    assert "not-for-agent-code" not in seen  # an allow-list, not a filter on secret names
     assert outcome(ws)[0] == "ok"
 
 
