@@ -65,7 +65,7 @@ class Config:
     # train
     train_tokens: int = 2_500_000  # tokens seen in training; ~2.4 epochs over the cpu cache
     batch_size: int = 32  # sequences per optimizer step: 4,096 tokens (Bussmann et al. 2024)
-    learning_rate: float = 2e-3  # Adam peak; 2e-4 left latents at their init (docs/recipes.md)
+    learning_rate: float = 2e-3  # Adam peak; 2e-4 on 0.9M tokens learned far less (docs/recipes.md)
     warmup_steps: int = 20  # linear warm-up from 0 to learning_rate
     decay_start: float = 0.8  # fraction of steps after which lr decays linearly to 0
     log_every: int = 10  # steps between loss-curve points
