@@ -20,7 +20,6 @@ from orchestrator.report.records import RunRecord, collect_runs
 from orchestrator.report.story import annotate_commits
 from orchestrator.report.timing import Phases, phase_table
 from orchestrator.templates import TemplateSpec
-from orchestrator.text import render
 
 
 def close(
@@ -40,9 +39,8 @@ def close(
     runs = collect_runs(workspace, spec, journal)
     declared = parse_hypotheses(idea.get("Hypotheses", []), notes)
     found = findings.compute(workspace, spec, journal, declared)
-    section = render("findings.j2", findings=found, baseline=spec.baseline_run)
     plots = make_plots(workspace, spec, journal, live, findings.confirmed_values(journal))
-    report = write_report(workspace, spec, journal, idea, findings=section)
+    report = write_report(workspace, spec, journal, idea, found)
     bands = noise.load_bands(workspace, spec)
     annotate_commits(workspace, runs, bands)
     table = runs_table(runs, journal.usage(), journal.loop_seconds(), bands, found)

@@ -26,6 +26,7 @@ from pygments.lexers import DiffLexer
 
 from orchestrator.journal import Attempt, Journal
 from orchestrator.report import noise
+from orchestrator.report.findings import CONTRADICTED, SUPPORTED, Findings
 from orchestrator.report.notes import NOTES_FILE, _agent_notes, metric_rows
 from orchestrator.report.records import RunRecord, collect_runs
 from orchestrator.report.summary import LEGEND, IdeaSummary, best_valid, groups, rows
@@ -40,7 +41,6 @@ BATCH_REPORT_FILE = "batch_report.html"
 DASHBOARDS_FILE = "dashboards.json"  # what saelab.dashboards writes beside referee.json
 DASHBOARDS_KEY = "dashboards_sha256"  # where referee.json's "referee" block records its digest
 PLOTS_DIR = "plots"
-NO_FINDINGS = "(findings: not computed)"
 
 
 @dataclass
@@ -61,10 +61,10 @@ def write_report(
     spec: TemplateSpec,
     journal: Journal,
     idea: Mapping,
-    findings: str | None = None,
+    found: Findings | None = None,
 ) -> Path:
-    """Render text/report.html.j2 into `workspace/report.html` and return its path. `findings`:
-    the findings section's text (shown as given), or NO_FINDINGS."""
+    """Render text/report.html.j2 into `workspace/report.html` and return its path; `found`:
+    the findings notes.txt opens with (report/findings.py), shown as a table, or none yet."""
     workspace = Path(workspace)
     runs = collect_runs(workspace, spec, journal)
     bands = noise.load_bands(workspace, spec)
@@ -78,7 +78,9 @@ def write_report(
         description=idea.get("Experiment") or idea.get("Description") or "",
         template=spec.name,
         measured=spec.referee is not None,
-        findings=findings or NO_FINDINGS,
+        findings=found,
+        baseline=spec.baseline_run,
+        verdict_class={SUPPORTED: "ok", CONTRADICTED: "bad"},
         table=_table(runs, list(spec.key_metrics), bands),
         n_seeds=max((band.n_seeds for band in bands.values()), default=0),
         factor=noise.NOISE_FACTOR,

@@ -163,8 +163,8 @@ def effect_plot(
         + ("; black bar: the confirmed run's seed range" if confirmed else ""),
         fontsize=9,
     )
-    if others:
-        ax.legend(fontsize=8, loc="lower right")
+    if others:  # outside the axes: inside, it hid the values clipped to the right edge
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, path)
 
 

@@ -1,4 +1,4 @@
-"""report.html: the same numbers as notes.txt, the findings slot, each run's diff and
+"""report.html: the same numbers as notes.txt, the findings as a table, each run's diff and
 provenance, dashboards only with the digest the referee recorded, the agent's words escaped and
 labelled, the batch page's links; and the page in a real headless Chromium."""
 
@@ -14,11 +14,15 @@ from pathlib import Path
 
 import pytest
 from git import Actor, Repo
+from markupsafe import escape
 
+from orchestrator.ideas import Hypothesis
 from orchestrator.journal import Journal
-from orchestrator.report import html, summary
+from orchestrator.report import findings, html, summary
+from orchestrator.report.findings import SUPPORTED
 from orchestrator.report.notes import write_notes
 from orchestrator.report.plots import make_plots
+from orchestrator.text import render
 from orchestrator.trust.safefs import file_digests
 from tests.orchestrator.helpers import REPO, core_result, core_spec, core_write_run, set_knob
 
@@ -100,10 +104,10 @@ def workspace(tmp_path, spec):
     return ws
 
 
-def written(ws: Path, spec, findings: str | None = None) -> tuple[str, str]:
+def written(ws: Path, spec, found: findings.Findings | None = None) -> tuple[str, str]:
     journal = Journal(ws / "journal.jsonl")
     notes = write_notes(ws, spec, journal, IDEA).read_text()
-    return notes, html.write_report(ws, spec, journal, IDEA, findings=findings).read_text()
+    return notes, html.write_report(ws, spec, journal, IDEA, found).read_text()
 
 
 class Cells(HTMLParser):
@@ -133,8 +137,8 @@ class Cells(HTMLParser):
             self.cell += data
 
 
-def runs_table(page: str) -> list[list[str]]:
-    parser = Cells("runs-table")
+def cells(page: str, table_id: str = "runs-table") -> list[list[str]]:
+    parser = Cells(table_id)
     parser.feed(page)
     return parser.rows
 
@@ -147,7 +151,7 @@ def notes_table(notes: str) -> list[list[str]]:
 
 def test_the_report_shows_the_numbers_notes_txt_shows(workspace, spec):
     notes, page = written(workspace, spec)
-    in_notes, in_page = notes_table(notes), runs_table(page)
+    in_notes, in_page = notes_table(notes), cells(page)
     assert in_page[0][1:] == in_notes[0]  # run names
     assert in_page[1][1:] == in_notes[1]  # verdicts
     for row in in_page[2:]:
@@ -156,11 +160,29 @@ def test_the_report_shows_the_numbers_notes_txt_shows(workspace, spec):
     assert in_page[3][2] == "0.0091 (-0.003246)"  # the journal's judged loss, its difference
 
 
-def test_the_findings_slot_says_not_computed_until_given(workspace, spec):
-    assert html.NO_FINDINGS in written(workspace, spec)[1]
-    page = written(workspace, spec, findings="H1 <supported>: loss fell beyond noise")[1]
-    assert "H1 &lt;supported&gt;: loss fell beyond noise" in page
-    assert html.NO_FINDINGS not in page
+def test_the_findings_table_says_what_notes_says_and_escapes_the_ideas_words(workspace, spec):
+    assert 'id="no-findings"' in written(workspace, spec)[1]
+    up = Hypothesis("score", "up", "a <b>bigger</b> model & more")
+    worse = Hypothesis("loss", "not_worse", "must not cost", margin=0.01)
+    arms = [findings.Arm.of(v) for v in ([0.5, 0.51, 0.49], [0.9, 0.91, 0.92], [0.1], [0.1])]
+    found = findings.Findings(
+        "run_1", [1, 2], "confirmed at 3 seeds",
+        [findings.Finding(up, findings.Effect("score", *arms[:2], ci=(0.3, 0.5)), SUPPORTED),
+         findings.Finding(worse, None, findings.UNMEASURED)],
+        [findings.Effect("steps", *arms[2:])],
+    )  # fmt: skip
+    page = written(workspace, spec, found)[1]
+    notes = render("findings.j2", findings=found, baseline=spec.baseline_run)
+    rows = cells(page, "findings-table")
+    assert rows[0] == ["hypothesis", "verdict", "run_0", "run_1", "difference", "why expected"]
+    assert rows[1][:2] == ["score up", SUPPORTED]
+    assert rows[2][:2] == ["loss not worse than +0.01", findings.UNMEASURED]
+    for cell in rows[1][2:5]:  # the two arms and the difference, as notes.txt words them
+        assert cell in notes, cell
+    assert f"- score up: {SUPPORTED.upper()}" in notes
+    assert "a &lt;b&gt;bigger&lt;/b&gt; model &amp; more" in page  # the idea's words, escaped
+    assert '<td class="ok">supported</td>' in page and 'id="no-findings"' not in page
+    assert f"steps: {found.other[0].describe()}" in page and escape(found.rule) in page
 
 
 def test_each_run_shows_its_diff_provenance_and_the_agents_words_escaped(workspace, spec):
@@ -232,12 +254,12 @@ def test_the_page_in_a_real_headless_chromium(workspace, spec, tmp_path):
         browser.get(page.as_uri())
         errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert errors == []
-        cells = browser.execute_script(
+        shown = browser.execute_script(
             "return [...document.querySelectorAll('#runs-table tr')]"
             ".map(r => [...r.cells].map(c => c.textContent.trim()))"
         )
-        assert cells == runs_table(page.read_text())
-        assert cells[2][2].startswith("120")  # steps as the verdict recorded them
+        assert shown == cells(page.read_text())
+        assert shown[2][2].startswith("120")  # steps as the verdict recorded them
         images = browser.execute_script(
             "return [...document.images].map(i => [i.src, i.complete && i.naturalWidth > 0])"
         )
