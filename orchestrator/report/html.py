@@ -155,7 +155,7 @@ def _referee_block(run_dir: Path, spec: TemplateSpec) -> dict:
     if spec.referee is None:
         return {}
     try:
-        data = json.loads(safefs.read_bytes(run_dir / spec.referee.result_file))
+        data = safefs.read_json(run_dir / spec.referee.result_file)
     except (OSError, ValueError):
         return {}
     block = data.get("referee") if isinstance(data, dict) else None

@@ -72,7 +72,7 @@ def load_bands(workspace: Path, spec: TemplateSpec) -> dict[str, Band]:
         return {}
     path = Path(workspace) / spec.noise
     try:
-        data = json.loads(safefs.read_bytes(path))  # run_0's: never through a link
+        data = safefs.read_json(path)  # run_0's: never through a link
         metrics, n_seeds = data["metrics"], len(data["seeds"])
         return {
             name: Band(float(metrics[p]["mean"]), float(metrics[p]["spread"]), n_seeds)

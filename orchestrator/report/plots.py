@@ -6,7 +6,6 @@ planted at one of their names is refused (logged, that plot not drawn), never fo
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -227,7 +226,7 @@ def _curves(workspace: Path, spec: TemplateSpec, runs: list[RunRecord]) -> dict[
     for run in runs:
         path = workspace / run.name / spec.curves_file
         try:
-            data = json.loads(safefs.read_bytes(path))  # a run dir's: never through a link
+            data = safefs.read_json(path)  # a run dir's: never through a link
             curves[run.name] = {"step": list(data["step"]), "loss": list(data["loss"])}
         except FileNotFoundError:
             continue

@@ -13,7 +13,6 @@ catches a key the agent's code found elsewhere or was given in an edit.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -82,4 +81,4 @@ def run_files(run_dir: Path) -> dict[str, str]:
 def read_json(path: Path) -> Any:
     """A JSON file in a dir agent code could write (its result file), read never through a
     link (safefs.Planted) and scrubbed; json's and the file system's errors pass through."""
-    return Redactor.from_environ().scrub_json(json.loads(safefs.read_bytes(Path(path))))
+    return Redactor.from_environ().scrub_json(safefs.read_json(Path(path)))

@@ -12,7 +12,6 @@ knows what the numbers mean.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -82,7 +81,7 @@ def artifact_digest(run_dir: Path, spec: TemplateSpec) -> str | None:
     """The artifact's digest as the referee recorded it in the run's referee file."""
     assert spec.referee is not None
     try:
-        data = json.loads(safefs.read_bytes(Path(run_dir) / spec.referee.result_file))
+        data = safefs.read_json(Path(run_dir) / spec.referee.result_file)
         digest = get_path(data, spec.referee.artifact_key)
     except (OSError, ValueError, KeyError):
         return None

@@ -20,11 +20,12 @@ block the loop forever. So every such access goes through here:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from contextlib import suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -93,6 +94,11 @@ def read_bytes(path: Path) -> bytes:
 
 def read_text(path: Path) -> str:
     return read_bytes(path).decode()
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file read through read_bytes (never through a link); json's errors pass through."""
+    return json.loads(read_bytes(path))
 
 
 def sha256(path: Path) -> str:
